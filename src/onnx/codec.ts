@@ -1,0 +1,62 @@
+/**
+ * Decode and encode ONNX protobuf messages. Decoding never copies tensor bytes: `raw_data` is a view into the
+ * input buffer. Every failure becomes a QnnxError naming the file.
+ */
+import { QnnxError } from '../errors.js';
+import type { ModelProto, TensorProto } from './proto.js';
+import { schema } from './schema.js';
+
+type MessageType = (typeof schema)[keyof typeof schema];
+
+function decodeWith<T>(type: MessageType, bytes: Uint8Array, file: string, what: string): T {
+  try {
+    return type.decode(bytes) as unknown as T;
+  } catch (e) {
+    const reason = e instanceof Error ? e.message : String(e);
+    throw new QnnxError('E_PROTOBUF', `${file}: not a valid ${what} (protobuf decoding failed: ${reason})`, {
+      file,
+    });
+  }
+}
+
+/** Decodes a ModelProto and checks it is one: IR version and graph present, opset imports sane. */
+export function decodeModelProto(bytes: Uint8Array, file = '<buffer>'): ModelProto {
+  if (bytes.length === 0) throw new QnnxError('E_NOT_A_MODEL', `${file}: the file is empty`, { file });
+  const m = decodeWith<ModelProto>(schema.ModelProto, bytes, file, 'ONNX model');
+  if (m.ir_version === undefined || m.ir_version === null) {
+    throw new QnnxError('E_NOT_A_MODEL', `${file}: not an ONNX model (ModelProto.ir_version is missing)`, {
+      file,
+      field: 'ir_version',
+    });
+  }
+  if (!m.graph) {
+    throw new QnnxError('E_NOT_A_MODEL', `${file}: not an ONNX model (ModelProto.graph is missing)`, {
+      file,
+      field: 'graph',
+    });
+  }
+  return m;
+}
+
+export function encodeModelProto(m: ModelProto): Uint8Array {
+  return schema.ModelProto.encode(m as never).finish();
+}
+
+export function decodeTensorProto(bytes: Uint8Array, file = '<buffer>'): TensorProto {
+  return decodeWith<TensorProto>(schema.TensorProto, bytes, file, 'ONNX TensorProto');
+}
+
+export function encodeTensorProto(t: TensorProto): Uint8Array {
+  return schema.TensorProto.encode(t as never).finish();
+}
+
+/** Canonical JSON-able form of a message, for equality checks in tests and tools (int64 as strings). */
+export function canonicalModel(m: ModelProto): unknown {
+  return schema.ModelProto.toObject(schema.ModelProto.fromObject(m as never), {
+    longs: String,
+    bytes: String,
+    enums: Number,
+    defaults: false,
+    arrays: false,
+  });
+}
