@@ -14,12 +14,12 @@ import { elementCount, type HostTensor } from '../tensor.js';
 import { readDataFile } from './files.js';
 
 const IDX_TYPES: Record<number, { dtype: DataType; size: number; label: string }> = {
-  0x08: { dtype: DataType.UINT8, size: 1, label: 'ubyte' },
-  0x09: { dtype: DataType.INT8, size: 1, label: 'byte' },
-  0x0b: { dtype: DataType.INT16, size: 2, label: 'short' },
-  0x0c: { dtype: DataType.INT32, size: 4, label: 'int' },
-  0x0d: { dtype: DataType.FLOAT, size: 4, label: 'float' },
-  0x0e: { dtype: DataType.DOUBLE, size: 8, label: 'double' },
+  8: { dtype: DataType.UINT8, size: 1, label: 'ubyte' },
+  9: { dtype: DataType.INT8, size: 1, label: 'byte' },
+  11: { dtype: DataType.INT16, size: 2, label: 'short' },
+  12: { dtype: DataType.INT32, size: 4, label: 'int' },
+  13: { dtype: DataType.FLOAT, size: 4, label: 'float' },
+  14: { dtype: DataType.DOUBLE, size: 8, label: 'double' },
 };
 
 function dataError(file: string, what: string, cause?: unknown): QnnxError {
@@ -54,7 +54,10 @@ export function parseIdx(bytes: Uint8Array, name = '<idx>'): HostTensor {
   const rank = b[3]!;
   const dataOffset = 4 + 4 * rank;
   if (b.length < dataOffset)
-    throw dataError(name, `truncated IDX file: ${rank} dims need a ${dataOffset}-byte header, file has ${b.length}`);
+    throw dataError(
+      name,
+      `truncated IDX file: ${rank} dims need a ${dataOffset}-byte header, file has ${b.length}`,
+    );
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const dims: number[] = [];
   for (let i = 0; i < rank; i++) dims.push(dv.getUint32(4 + 4 * i, false));
@@ -109,19 +112,23 @@ export async function readIdx(file: string): Promise<HostTensor> {
 export function encodeIdx(t: HostTensor): Uint8Array {
   const entry = Object.entries(IDX_TYPES).find(([, v]) => v.dtype === t.dtype);
   if (!entry) throw new QnnxError('E_DTYPE', `cannot write ${dataTypeName(t.dtype)} tensor as IDX`);
-  if (t.dims.length > 255) throw new QnnxError('E_USAGE', `IDX supports at most 255 dims, got ${t.dims.length}`);
+  if (t.dims.length > 255)
+    throw new QnnxError('E_USAGE', `IDX supports at most 255 dims, got ${t.dims.length}`);
   const code = Number(entry[0]);
   const size = entry[1].size;
   const count = elementCount(t.dims);
   const src = t.data as Exclude<HostTensor['data'], Uint8Array[]>;
   if (src.length !== count)
-    throw new QnnxError('E_TENSOR_SIZE', `dims [${t.dims.join(', ')}] need ${count} elements, data has ${src.length}`);
+    throw new QnnxError(
+      'E_TENSOR_SIZE',
+      `dims [${t.dims.join(', ')}] need ${count} elements, data has ${src.length}`,
+    );
   const head = 4 + 4 * t.dims.length;
   const out = new Uint8Array(head + count * size);
   const dv = new DataView(out.buffer);
   out[2] = code;
   out[3] = t.dims.length;
-  t.dims.forEach((d, i) => dv.setUint32(4 + 4 * i, d, false));
+  for (const [i, d] of t.dims.entries()) dv.setUint32(4 + 4 * i, d, false);
   for (let i = 0; i < count; i++) {
     const v = Number(src[i]);
     const o = head + i * size;

@@ -33,7 +33,7 @@
  * Neither width nor height: the image keeps its size. Only height or only width (without widthMultiple):
  * the other side follows the aspect ratio (rounded to the nearest pixel).
  */
-import sharp from 'sharp';
+import sharp, { type OutputInfo } from 'sharp';
 import { QnnxError } from '../errors.js';
 import { DataType } from '../onnx/dtype.js';
 import type { HostTensor } from '../tensor.js';
@@ -118,11 +118,15 @@ export function validateImageSpec(spec: ImageSpec): void {
     if (v === undefined) continue;
     if (!Array.isArray(v) || (v.length !== 1 && v.length !== c) || v.some((x) => typeof x !== 'number'))
       throw usage(`${key} must be an array of 1 or ${c} numbers, got ${JSON.stringify(v)}`);
-    if (key === 'std' && v.some((x) => x === 0 || !Number.isFinite(x))) throw usage('std values must be non-zero');
+    if (key === 'std' && v.some((x) => x === 0 || !Number.isFinite(x)))
+      throw usage('std values must be non-zero');
   }
   if (spec.scale !== undefined && (typeof spec.scale !== 'number' || !Number.isFinite(spec.scale)))
     throw usage(`scale must be a finite number, got ${JSON.stringify(spec.scale)}`);
-  if (spec.dtype === 'uint8' && (spec.scale !== undefined || spec.mean !== undefined || spec.std !== undefined))
+  if (
+    spec.dtype === 'uint8' &&
+    (spec.scale !== undefined || spec.mean !== undefined || spec.std !== undefined)
+  )
     throw usage("dtype 'uint8' takes no scale, mean or std");
 }
 
@@ -167,12 +171,16 @@ function backgroundRgb(bg: ImageSpec['background']): { r: number; g: number; b: 
  * Load and preprocess an image. `input` is a file path or the encoded image bytes (then `name` labels it in
  * error messages). A missing file is E_IO; undecodable data is E_DATA naming the file; a bad spec is E_USAGE.
  */
-export async function loadImage(input: string | Uint8Array, spec: ImageSpec, name?: string): Promise<HostTensor> {
+export async function loadImage(
+  input: string | Uint8Array,
+  spec: ImageSpec,
+  name?: string,
+): Promise<HostTensor> {
   validateImageSpec(spec);
   const file = name ?? (typeof input === 'string' ? input : '<image>');
   const bytes = typeof input === 'string' ? await readDataFile(input) : input;
   const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let raw: { data: Buffer; info: sharp.OutputInfo };
+  let raw: { data: Buffer; info: OutputInfo };
   let target: { width: number; height: number; resizeWidth: number };
   try {
     const img = sharp(buf, { failOn: 'error', autoOrient: spec.autoOrient ?? false });
@@ -191,7 +199,12 @@ export async function loadImage(input: string | Uint8Array, spec: ImageSpec, nam
     raw = await p.toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (e) {
     if (e instanceof QnnxError) throw e;
-    throw new QnnxError('E_DATA', `${file}: cannot decode image: ${(e as Error).message}`, { file }, { cause: e });
+    throw new QnnxError(
+      'E_DATA',
+      `${file}: cannot decode image: ${(e as Error).message}`,
+      { file },
+      { cause: e },
+    );
   }
   const { data, info } = raw;
   if (info.width !== target.width || info.height !== target.height)

@@ -56,7 +56,9 @@ const DTYPE_TO_NPY: Partial<Record<DataType, string>> = {
 };
 
 /** The data types encodeNpy/parseNpy support. */
-export const NPY_DATA_TYPES: readonly DataType[] = Object.keys(DTYPE_TO_NPY).map((k) => Number(k) as DataType);
+export const NPY_DATA_TYPES: readonly DataType[] = Object.keys(DTYPE_TO_NPY).map(
+  (k) => Number(k) as DataType,
+);
 
 function dataError(file: string, what: string): QnnxError {
   return new QnnxError('E_DATA', `${file}: ${what}`, { file });
@@ -83,7 +85,10 @@ class PyLiteralParser {
   }
 
   private fail(what: string): QnnxError {
-    return dataError(this.file, `malformed .npy header (${what} at offset ${this.pos}): ${JSON.stringify(this.s)}`);
+    return dataError(
+      this.file,
+      `malformed .npy header (${what} at offset ${this.pos}): ${JSON.stringify(this.s)}`,
+    );
   }
 
   private ws(): void {
@@ -202,7 +207,8 @@ export function parseNpyHeader(bytes: Uint8Array, name = '<npy>'): NpyHeader {
       throw dataError(name, `not a .npy file (${bytes.length} bytes, too short for the \\x93NUMPY magic)`);
     throw dataError(name, `truncated .npy file (${bytes.length} bytes, header incomplete)`);
   }
-  if (MAGIC.some((b, i) => bytes[i] !== b)) throw dataError(name, 'not a .npy file (bad magic, expected \\x93NUMPY)');
+  if (MAGIC.some((b, i) => bytes[i] !== b))
+    throw dataError(name, 'not a .npy file (bad magic, expected \\x93NUMPY)');
   const major = bytes[6]!;
   const minor = bytes[7]!;
   if (major < 1 || major > 3 || minor !== 0)
@@ -214,7 +220,8 @@ export function parseNpyHeader(bytes: Uint8Array, name = '<npy>'): NpyHeader {
     headerLen = dv.getUint16(8, true);
     headerStart = 10;
   } else {
-    if (bytes.length < 12) throw dataError(name, `truncated .npy file (${bytes.length} bytes, header incomplete)`);
+    if (bytes.length < 12)
+      throw dataError(name, `truncated .npy file (${bytes.length} bytes, header incomplete)`);
     headerLen = dv.getUint32(8, true);
     headerStart = 12;
   }
@@ -227,7 +234,8 @@ export function parseNpyHeader(bytes: Uint8Array, name = '<npy>'): NpyHeader {
   const headerBytes = bytes.subarray(headerStart, dataOffset);
   const text = new TextDecoder(major === 3 ? 'utf-8' : 'latin1').decode(headerBytes);
   const parsed = new PyLiteralParser(text.trim(), name).parseTop();
-  if (!(parsed instanceof Map)) throw dataError(name, `malformed .npy header (not a dict): ${JSON.stringify(text)}`);
+  if (!(parsed instanceof Map))
+    throw dataError(name, `malformed .npy header (not a dict): ${JSON.stringify(text)}`);
   const descr = parsed.get('descr');
   const fortran = parsed.get('fortran_order');
   const shape = parsed.get('shape');
@@ -238,7 +246,8 @@ export function parseNpyHeader(bytes: Uint8Array, name = '<npy>'): NpyHeader {
     );
   if (typeof descr !== 'string')
     throw dataError(name, `unsupported .npy dtype: structured array (descr ${JSON.stringify(descr)})`);
-  if (typeof fortran !== 'boolean') throw dataError(name, "malformed .npy header: 'fortran_order' is not a bool");
+  if (typeof fortran !== 'boolean')
+    throw dataError(name, "malformed .npy header: 'fortran_order' is not a bool");
   if (!Array.isArray(shape) || shape.some((d) => typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0))
     throw dataError(name, `malformed .npy header: bad shape ${JSON.stringify(shape)}`);
 
@@ -250,7 +259,8 @@ export function parseNpyHeader(bytes: Uint8Array, name = '<npy>'): NpyHeader {
   const size = kindRaw === '?' ? (sizeRaw === '' ? 1 : Number(sizeRaw)) : Number(sizeRaw);
   const dtype = NPY_TO_DTYPE[`${kind}${size}`];
   if (dtype === undefined) throw dataError(name, `unsupported .npy dtype '${descr}'`);
-  if (order === '|' && size > 1) throw dataError(name, `malformed .npy dtype '${descr}' ('|' needs a 1-byte type)`);
+  if (order === '|' && size > 1)
+    throw dataError(name, `malformed .npy dtype '${descr}' ('|' needs a 1-byte type)`);
   return {
     version: [major, minor],
     descr,
@@ -354,9 +364,13 @@ function shapeLiteral(dims: readonly number[]): string {
 export function encodeNpy(t: HostTensor): Uint8Array {
   const descr = DTYPE_TO_NPY[t.dtype];
   if (descr === undefined)
-    throw new QnnxError('E_DTYPE', `cannot write ${dataTypeName(t.dtype)} tensor as .npy (no NumPy equivalent)`, {
-      field: 'dtype',
-    });
+    throw new QnnxError(
+      'E_DTYPE',
+      `cannot write ${dataTypeName(t.dtype)} tensor as .npy (no NumPy equivalent)`,
+      {
+        field: 'dtype',
+      },
+    );
   if (Array.isArray(t.data)) throw new QnnxError('E_DTYPE', 'cannot write string tensor as .npy');
   const count = elementCount(t.dims);
   const data = t.data as NumericStorage;

@@ -50,7 +50,10 @@ export interface EncodeNpzOptions {
 }
 
 /** Encode tensors as a .npz archive; each key becomes member `<key>.npy`. */
-export function encodeNpz(tensors: ReadonlyMap<string, HostTensor>, options: EncodeNpzOptions = {}): Uint8Array {
+export function encodeNpz(
+  tensors: ReadonlyMap<string, HostTensor>,
+  options: EncodeNpzOptions = {},
+): Uint8Array {
   const zippable: Zippable = {};
   for (const [key, t] of tensors) {
     if (key === '' || key.includes('\0'))
@@ -61,7 +64,12 @@ export function encodeNpz(tensors: ReadonlyMap<string, HostTensor>, options: Enc
       zippable[member] = encodeNpy(t);
     } catch (e) {
       if (e instanceof QnnxError)
-        throw new QnnxError(e.code, `tensor '${key}': ${e.message}`, { ...e.context, tensor: key }, { cause: e });
+        throw new QnnxError(
+          e.code,
+          `tensor '${key}': ${e.message}`,
+          { ...e.context, tensor: key },
+          { cause: e },
+        );
       throw e;
     }
   }

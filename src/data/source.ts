@@ -26,10 +26,10 @@ import { basename, extname, join } from 'node:path';
 import { QnnxError } from '../errors.js';
 import { elementCount, type HostTensor, type TensorStorage } from '../tensor.js';
 import { readDataFile } from './files.js';
-import { compareCodeUnits, glob, hasGlobChars } from './glob.js';
+import { glob, hasGlobChars } from './glob.js';
 import { parseIdx } from './idx.js';
 import { type ImageSpec, loadImage, validateImageSpec } from './image.js';
-import { parseNpyHeader, parseNpy } from './npy.js';
+import { parseNpy, parseNpyHeader } from './npy.js';
 import { parseNpz } from './npz.js';
 import { parseWav, type WavOptions, type WavToTensorOptions, wavToTensor } from './wav.js';
 
@@ -117,7 +117,10 @@ async function listDir(dir: string, recursive: boolean): Promise<string[]> {
 }
 
 /** Expand a spec (file, directory, glob, or array of those) into the ordered file list. */
-export async function resolveDataFiles(spec: string | readonly string[], recursive = false): Promise<string[]> {
+export async function resolveDataFiles(
+  spec: string | readonly string[],
+  recursive = false,
+): Promise<string[]> {
   const items = typeof spec === 'string' ? [spec] : spec;
   if (items.length === 0) throw new QnnxError('E_USAGE', 'no data files given (empty list)');
   const out: string[] = [];
@@ -177,7 +180,11 @@ async function readNpyHeaderOfFile(file: string) {
     const { bytesRead } = await fh.read(head, 0, 12, 0);
     const major = head[6];
     const len =
-      bytesRead < 12 ? 0 : major === 1 ? head[8]! | (head[9]! << 8) : new DataView(head.buffer).getUint32(8, true);
+      bytesRead < 12
+        ? 0
+        : major === 1
+          ? head[8]! | (head[9]! << 8)
+          : new DataView(head.buffer).getUint32(8, true);
     const total = Math.min((major === 1 ? 10 : 12) + len, 16 * 1024 * 1024);
     const buf = new Uint8Array(Math.max(total, bytesRead));
     const r = await fh.read(buf, 0, buf.length, 0);
@@ -216,9 +223,12 @@ export async function openDataSource(
 
   // Options each kind needs.
   if (kind !== 'npz' && !options.inputName)
-    throw new QnnxError('E_USAGE', `${kind} data needs an input name (options.inputName)`, { file: files[0] });
+    throw new QnnxError('E_USAGE', `${kind} data needs an input name (options.inputName)`, {
+      file: files[0],
+    });
   if (kind === 'image') {
-    if (!options.image) throw new QnnxError('E_USAGE', 'image data needs a preprocessing spec (options.image)');
+    if (!options.image)
+      throw new QnnxError('E_USAGE', 'image data needs a preprocessing spec (options.image)');
     validateImageSpec(options.image);
   }
   const splitting = kind === 'idx' || ((kind === 'npy' || kind === 'npz') && options.split === true);
@@ -316,8 +326,6 @@ export async function openDataSource(
       if (starts[mid]! <= index) lo = mid;
       else hi = mid - 1;
     }
-    // Skip empty files that share a start.
-    while (counts[lo] === 0) lo++;
     return { fileIndex: lo, item: index - starts[lo]! };
   };
 
@@ -354,5 +362,3 @@ export async function openDataSource(
   };
   return source;
 }
-
-export { compareCodeUnits };

@@ -45,8 +45,8 @@ const KNOWN_FORMATS: Record<number, string> = {
   2: 'MS ADPCM',
   6: 'A-law',
   7: 'µ-law',
-  0x11: 'IMA ADPCM',
-  0x55: 'MP3',
+  17: 'IMA ADPCM',
+  85: 'MP3',
 };
 // The tail (bytes 2..15) of KSDATAFORMAT_SUBTYPE_PCM / _IEEE_FLOAT: xxxx0000-0000-0010-8000-00aa00389b71.
 const GUID_TAIL = [0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xaa, 0x00, 0x38, 0x9b, 0x71];
@@ -91,13 +91,17 @@ export function parseWav(bytes: Uint8Array, name = '<wav>', options: WavOptions 
           `truncated WAV file: '${id}' chunk declares ${size} bytes, only ${bytes.length - off} present`,
         );
       if (fmt && data) break; // junk after the audio; ignore
-      throw dataError(name, `truncated WAV file: '${id}' chunk declares ${size} bytes, only ${bytes.length - off} present`);
+      throw dataError(
+        name,
+        `truncated WAV file: '${id}' chunk declares ${size} bytes, only ${bytes.length - off} present`,
+      );
     }
     if (id === 'fmt ' && !fmt) fmt = { off, size };
     else if (id === 'data' && !data) data = { off, size };
     pos = off + size + (size & 1);
   }
-  if (!fmt) throw dataError(name, data ? "WAV file has no 'fmt ' chunk" : "truncated WAV file (no 'fmt ' chunk)");
+  if (!fmt)
+    throw dataError(name, data ? "WAV file has no 'fmt ' chunk" : "truncated WAV file (no 'fmt ' chunk)");
   if (!data) throw dataError(name, "truncated WAV file (no 'data' chunk)");
   if (fmt.size < 16) throw dataError(name, `malformed WAV 'fmt ' chunk (${fmt.size} bytes, need 16)`);
 
@@ -107,7 +111,8 @@ export function parseWav(bytes: Uint8Array, name = '<wav>', options: WavOptions 
   const blockAlign = dv.getUint16(fmt.off + 12, true);
   const bits = dv.getUint16(fmt.off + 14, true);
   if (formatTag === WAVE_FORMAT_EXTENSIBLE) {
-    if (fmt.size < 40) throw dataError(name, `malformed WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk (${fmt.size} bytes)`);
+    if (fmt.size < 40)
+      throw dataError(name, `malformed WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk (${fmt.size} bytes)`);
     const g = fmt.off + 24;
     formatTag = dv.getUint16(g, true);
     if (GUID_TAIL.some((v, i) => bytes[g + 2 + i] !== v))
@@ -143,7 +148,8 @@ export function parseWav(bytes: Uint8Array, name = '<wav>', options: WavOptions 
       if (isFloat) v = bits === 32 ? dv.getFloat32(o, true) : dv.getFloat64(o, true);
       else if (bits === 16) v = dv.getInt16(o, true) / 32768;
       else if (bits === 8) v = (bytes[o]! - 128) / 128;
-      else if (bits === 24) v = ((bytes[o]! | (bytes[o + 1]! << 8) | (bytes[o + 2]! << 16)) << 8) / 2147483648;
+      else if (bits === 24)
+        v = ((bytes[o]! | (bytes[o + 1]! << 8) | (bytes[o + 2]! << 16)) << 8) / 2147483648;
       else v = dv.getInt32(o, true) / 2147483648;
       samples[c]![f] = v * k;
       o += bytesPerSample;
@@ -178,7 +184,10 @@ export function wavToTensor(audio: WavAudio, options: WavToTensorOptions = {}): 
     }
   } else {
     if (!Number.isInteger(ch) || ch < 0 || ch >= audio.samples.length)
-      throw new QnnxError('E_USAGE', `wav channel ${ch} out of range (audio has ${audio.samples.length} channels)`);
+      throw new QnnxError(
+        'E_USAGE',
+        `wav channel ${ch} out of range (audio has ${audio.samples.length} channels)`,
+      );
     out = audio.samples[ch]!;
   }
   return { dtype: DataType.FLOAT, dims: [1, out.length], data: out };
@@ -199,7 +208,8 @@ export function encodeWav(
 ): Uint8Array {
   const { sampleRate, samples } = audio;
   const channels = samples.length;
-  if (channels === 0 || channels > 0xffff) throw new QnnxError('E_USAGE', `encodeWav needs 1..65535 channels`);
+  if (channels === 0 || channels > 0xffff)
+    throw new QnnxError('E_USAGE', `encodeWav needs 1..65535 channels`);
   if (!Number.isInteger(sampleRate) || sampleRate <= 0 || sampleRate > 0xffffffff)
     throw new QnnxError('E_USAGE', `encodeWav: bad sample rate ${sampleRate}`);
   const frames = samples[0]!.length;

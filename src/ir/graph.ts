@@ -302,3 +302,10 @@ export function outerScopeNames(g: Graph): string[] {
   for (const o of g.outputs) if (!defined.has(o.name)) out.add(o.name);
   return [...out];
 }
+
+/** Number of nodes in a graph and all its subgraphs. */
+export function graphNodeTotal(g: Graph): number {
+  let n = 0;
+  for (const sg of g.allGraphs()) n += sg.nodes.length;
+  return n;
+}
