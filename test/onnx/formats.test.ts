@@ -413,10 +413,10 @@ describe('bfloat16', () => {
     const back = toBfloat16Array(decoded);
     for (let h = 0; h < 65536; h++) {
       const isNaN16 = (h & 0x7f80) === 0x7f80 && (h & 0x7f) !== 0;
-      assert.equal(bitsOf(decoded)[h], h << 16);
+      assert.equal(bitsOf(decoded)[h], (h << 16) >>> 0);
       const v = bfloat16BitsToFloat32(h);
       if (isNaN16) assert.ok(Number.isNaN(v));
-      else assert.equal(float32Bits(v), h << 16);
+      else assert.equal(float32Bits(v), (h << 16) >>> 0);
       assert.equal(back[h], isNaN16 ? (h & 0x8000) | 0x7fc0 : h, `bf16 ${h.toString(16)}`);
       if (!isNaN16) assert.equal(float32ToBfloat16Bits(bfloat16BitsToFloat32(h)), h);
     }
