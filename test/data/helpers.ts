@@ -24,7 +24,9 @@ export function numpySkipReason(): string | false {
   if (numpyChecked === undefined) {
     const r = spawnSync(PYTHON, ['-c', 'import numpy; print(numpy.__version__)'], { encoding: 'utf8' });
     numpyChecked =
-      r.status === 0 ? false : `${PYTHON} with numpy is not available (${(r.stderr || String(r.error)).trim()})`;
+      r.status === 0
+        ? false
+        : `${PYTHON} with numpy is not available (${(r.stderr || String(r.error)).trim()})`;
   }
   return numpyChecked;
 }
@@ -54,7 +56,8 @@ export async function assertQnnxError(
     threw = true;
     assert.ok(isQnnxError(e), `expected QnnxError, got ${e instanceof Error ? e.stack : String(e)}`);
     assert.equal(e.code, code, `code of: ${e.message}`);
-    for (const s of contains) assert.ok(e.message.includes(s), `message ${JSON.stringify(e.message)} lacks ${s}`);
+    for (const s of contains)
+      assert.ok(e.message.includes(s), `message ${JSON.stringify(e.message)} lacks ${s}`);
   }
   assert.ok(threw, `expected a QnnxError ${code}, nothing was thrown`);
 }
@@ -68,8 +71,22 @@ export function hexOf(a: ArrayBufferView): string {
 export function sampleTensors(): Map<string, HostTensor> {
   const dims = [2, 4];
   return new Map<string, HostTensor>([
-    ['f4', { dtype: DataType.FLOAT, dims, data: new Float32Array([0, -0, 1.5, -3.25, Infinity, -Infinity, NaN, 3.4e38]) }],
-    ['f8', { dtype: DataType.DOUBLE, dims, data: new Float64Array([0, -0, Math.PI, -1e-300, Infinity, -Infinity, NaN, 1.7e308]) }],
+    [
+      'f4',
+      {
+        dtype: DataType.FLOAT,
+        dims,
+        data: new Float32Array([0, -0, 1.5, -3.25, Infinity, -Infinity, NaN, 3.4e38]),
+      },
+    ],
+    [
+      'f8',
+      {
+        dtype: DataType.DOUBLE,
+        dims,
+        data: new Float64Array([0, -0, Math.PI, -1e-300, Infinity, -Infinity, NaN, 1.7e308]),
+      },
+    ],
     [
       'f2',
       {
@@ -82,8 +99,18 @@ export function sampleTensors(): Map<string, HostTensor> {
     ['u1', { dtype: DataType.UINT8, dims, data: new Uint8Array([0, 255, 1, 128, 127, 2, 3, 4]) }],
     ['i2', { dtype: DataType.INT16, dims, data: new Int16Array([-32768, 32767, 0, -1, 1, 256, -256, 1000]) }],
     ['u2', { dtype: DataType.UINT16, dims, data: new Uint16Array([0, 65535, 1, 256, 32768, 2, 3, 4]) }],
-    ['i4', { dtype: DataType.INT32, dims, data: new Int32Array([-2147483648, 2147483647, 0, -1, 1, 65536, -65536, 7]) }],
-    ['u4', { dtype: DataType.UINT32, dims, data: new Uint32Array([0, 4294967295, 1, 65536, 2147483648, 2, 3, 4]) }],
+    [
+      'i4',
+      {
+        dtype: DataType.INT32,
+        dims,
+        data: new Int32Array([-2147483648, 2147483647, 0, -1, 1, 65536, -65536, 7]),
+      },
+    ],
+    [
+      'u4',
+      { dtype: DataType.UINT32, dims, data: new Uint32Array([0, 4294967295, 1, 65536, 2147483648, 2, 3, 4]) },
+    ],
     [
       'i8',
       {
@@ -94,9 +121,12 @@ export function sampleTensors(): Map<string, HostTensor> {
     ],
     [
       'u8',
-      { dtype: DataType.UINT64, dims, data: new BigUint64Array([0n, 2n ** 64n - 1n, 1n, 2n ** 63n, 2n ** 32n, 2n, 3n, 4n]) },
+      {
+        dtype: DataType.UINT64,
+        dims,
+        data: new BigUint64Array([0n, 2n ** 64n - 1n, 1n, 2n ** 63n, 2n ** 32n, 2n, 3n, 4n]),
+      },
     ],
     ['b1', { dtype: DataType.BOOL, dims, data: new Uint8Array([0, 1, 1, 0, 0, 0, 1, 1]) }],
   ]);
 }
-

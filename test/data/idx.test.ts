@@ -71,11 +71,35 @@ describe('IDX element types', () => {
     ['ubyte', { dtype: DataType.UINT8, dims: [2, 3], data: new Uint8Array([0, 1, 127, 128, 254, 255]) }],
     ['byte', { dtype: DataType.INT8, dims: [6], data: new Int8Array([-128, -1, 0, 1, 126, 127]) }],
     ['short', { dtype: DataType.INT16, dims: [3, 2], data: new Int16Array([-32768, -2, 0, 3, 258, 32767]) }],
-    ['int', { dtype: DataType.INT32, dims: [1, 2, 3], data: new Int32Array([-(2 ** 31), -5, 0, 7, 65539, 2 ** 31 - 1]) }],
-    ['float', { dtype: DataType.FLOAT, dims: [2, 3], data: new Float32Array([-1.5, 0, 3.25, Infinity, 1e-30, 7]) }],
-    ['double', { dtype: DataType.DOUBLE, dims: [6], data: new Float64Array([-Math.PI, 0, Math.E, -Infinity, 1e-300, 7]) }],
+    [
+      'int',
+      {
+        dtype: DataType.INT32,
+        dims: [1, 2, 3],
+        data: new Int32Array([-(2 ** 31), -5, 0, 7, 65539, 2 ** 31 - 1]),
+      },
+    ],
+    [
+      'float',
+      { dtype: DataType.FLOAT, dims: [2, 3], data: new Float32Array([-1.5, 0, 3.25, Infinity, 1e-30, 7]) },
+    ],
+    [
+      'double',
+      {
+        dtype: DataType.DOUBLE,
+        dims: [6],
+        data: new Float64Array([-Math.PI, 0, Math.E, -Infinity, 1e-300, 7]),
+      },
+    ],
   ];
-  const codes: Record<string, number> = { ubyte: 8, byte: 9, short: 0x0b, int: 0x0c, float: 0x0d, double: 0x0e };
+  const codes: Record<string, number> = {
+    ubyte: 8,
+    byte: 9,
+    short: 0x0b,
+    int: 0x0c,
+    float: 0x0d,
+    double: 0x0e,
+  };
 
   for (const [label, t] of tensors) {
     it(`reads ${label} (plain and gzip'd)`, () => {
@@ -110,7 +134,12 @@ describe('IDX bad input', () => {
   ];
   for (const [what, bytes, msg] of cases) {
     it(`refuses ${what} with E_DATA naming the file`, async () => {
-      await assertQnnxError(() => parseIdx(bytes, 'data/train-idx3-ubyte.gz'), 'E_DATA', 'data/train-idx3-ubyte.gz', msg);
+      await assertQnnxError(
+        () => parseIdx(bytes, 'data/train-idx3-ubyte.gz'),
+        'E_DATA',
+        'data/train-idx3-ubyte.gz',
+        msg,
+      );
     });
   }
 

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import sharp from 'sharp';
 import { type ImageSpec, imageTargetSize, loadImage } from '../../src/data/image.js';
 import { DataType } from '../../src/onnx/dtype.js';
-import { assertQnnxError, numpySkipReason, runPython, tempDir } from './helpers.js';
+import { assertQnnxError, runPython, tempDir } from './helpers.js';
 
 // A 4x3 RGB image with distinct values: pixel (x, y) = (10x + 40y + 1, 200 - 15x - 3y, (77x + 60y) % 256).
 const W = 4;
@@ -20,10 +20,24 @@ function rgbBytes(): Buffer {
   return b;
 }
 
-async function writePng(dir: string, name: string, raw: Buffer, w: number, h: number, channels: 1 | 2 | 3 | 4) {
+async function writePng(
+  dir: string,
+  name: string,
+  raw: Buffer,
+  w: number,
+  h: number,
+  channels: 1 | 2 | 3 | 4,
+) {
   const p = join(dir, name);
-  await sharp(raw, { raw: { width: w, height: h, channels } }).png().toFile(p);
+  await sharp(raw, { raw: { width: w, height: h, channels } })
+    .png()
+    .toFile(p);
   return p;
+}
+
+function pilSkipReason(): string | false {
+  const r = spawnSync('/usr/bin/python3', ['-c', 'import PIL'], { encoding: 'utf8' });
+  return r.status === 0 ? false : '/usr/bin/python3 has no PIL (Pillow)';
 }
 
 describe('image preprocessing', () => {
@@ -37,7 +51,16 @@ describe('image preprocessing', () => {
     await ready;
     const mean = [0.485, 0.456, 0.406];
     const std = [0.229, 0.224, 0.225];
-    const spec: ImageSpec = { width: W, height: H, channels: 3, layout: 'NCHW', channelOrder: 'RGB', scale: 1 / 255, mean, std };
+    const spec: ImageSpec = {
+      width: W,
+      height: H,
+      channels: 3,
+      layout: 'NCHW',
+      channelOrder: 'RGB',
+      scale: 1 / 255,
+      mean,
+      std,
+    };
     const t = await loadImage(png, spec);
     assert.equal(t.dtype, DataType.FLOAT);
     assert.deepEqual(t.dims, [1, 3, H, W]);
@@ -52,7 +75,14 @@ describe('image preprocessing', () => {
 
   it('NHWC BGR uint8 gives the raw bytes reordered', async () => {
     await ready;
-    const t = await loadImage(png, { width: W, height: H, channels: 3, layout: 'NHWC', channelOrder: 'BGR', dtype: 'uint8' });
+    const t = await loadImage(png, {
+      width: W,
+      height: H,
+      channels: 3,
+      layout: 'NHWC',
+      channelOrder: 'BGR',
+      dtype: 'uint8',
+    });
     assert.equal(t.dtype, DataType.UINT8);
     assert.deepEqual(t.dims, [1, H, W, 3]);
     const want: number[] = [];
@@ -87,10 +117,8 @@ describe('image preprocessing', () => {
     assert.deepEqual([...(g3.data as Uint8Array)], [...grey, ...grey, ...grey]);
   });
 
-  it('one channel matches PIL exactly', { skip: numpySkipReason() }, async () => {
+  it('one channel matches PIL exactly', { skip: pilSkipReason() }, async () => {
     await ready;
-    const r = spawnSync('/usr/bin/python3', ['-c', 'import PIL'], { encoding: 'utf8' });
-    if (r.status !== 0) return; // PIL is optional
     const out = runPython(
       'import sys; from PIL import Image; print(list(Image.open(sys.argv[1]).convert("L").getdata()))',
       [png],
@@ -111,39 +139,81 @@ describe('image preprocessing', () => {
     const spec: ImageSpec = { channels: 3, layout: 'NHWC', dtype: 'uint8' };
     assert.deepEqual([...((await loadImage(ap, spec)).data as Uint8Array)], [...rgb]);
     const p16 = join(dir, 'rgb16.png');
-    await sharp(rgb, { raw: { width: W, height: H, channels: 3 } }).toColourspace('rgb16').png().toFile(p16);
+    await sharp(rgb, { raw: { width: W, height: H, channels: 3 } })
+      .toColourspace('rgb16')
+      .png()
+      .toFile(p16);
     assert.equal((await sharp(p16).metadata()).depth, 'ushort');
     assert.deepEqual([...((await loadImage(p16, spec)).data as Uint8Array)], [...rgb]);
   });
 
   it('resizes: nearest 2x upscale replicates pixels', async () => {
     await ready;
-    const t = await loadImage(png, { width: 2 * W, height: 2 * H, channels: 3, layout: 'NHWC', dtype: 'uint8', kernel: 'nearest' });
+    const t = await loadImage(png, {
+      width: 2 * W,
+      height: 2 * H,
+      channels: 3,
+      layout: 'NHWC',
+      dtype: 'uint8',
+      kernel: 'nearest',
+    });
     assert.deepEqual(t.dims, [1, 2 * H, 2 * W, 3]);
     const d = t.data as Uint8Array;
     for (let y = 0; y < 2 * H; y++)
       for (let x = 0; x < 2 * W; x++)
-        assert.deepEqual([...d.subarray((y * 2 * W + x) * 3, (y * 2 * W + x) * 3 + 3)], pixel(x >> 1, y >> 1));
+        assert.deepEqual(
+          [...d.subarray((y * 2 * W + x) * 3, (y * 2 * W + x) * 3 + 3)],
+          pixel(x >> 1, y >> 1),
+        );
   });
 
   it("fit 'contain' letterboxes with the background value; 'cover' crops", async () => {
     const wide = await writePng(dir, 'wide.png', Buffer.alloc(4 * 2 * 3, 50), 4, 2, 3);
-    const t = await loadImage(wide, { width: 4, height: 4, fit: 'contain', background: 114, channels: 3, layout: 'NCHW', dtype: 'uint8' });
+    const t = await loadImage(wide, {
+      width: 4,
+      height: 4,
+      fit: 'contain',
+      background: 114,
+      channels: 3,
+      layout: 'NCHW',
+      dtype: 'uint8',
+    });
     const d = t.data as Uint8Array;
     for (let c = 0; c < 3; c++)
       for (let y = 0; y < 4; y++)
-        for (let x = 0; x < 4; x++) assert.equal(d[c * 16 + y * 4 + x], y === 0 || y === 3 ? 114 : 50, `c${c} y${y} x${x}`);
-    const cover = await loadImage(wide, { width: 2, height: 2, fit: 'cover', channels: 3, layout: 'NCHW', dtype: 'uint8' });
+        for (let x = 0; x < 4; x++)
+          assert.equal(d[c * 16 + y * 4 + x], y === 0 || y === 3 ? 114 : 50, `c${c} y${y} x${x}`);
+    const cover = await loadImage(wide, {
+      width: 2,
+      height: 2,
+      fit: 'cover',
+      channels: 3,
+      layout: 'NCHW',
+      dtype: 'uint8',
+    });
     assert.deepEqual([...(cover.data as Uint8Array)], new Array(12).fill(50));
   });
 
   it('variable width: fixed height, width rounded up to a multiple, clamped to maxWidth', async () => {
-    const spec: ImageSpec = { height: 48, widthMultiple: 8, maxWidth: 320, channels: 3, layout: 'NCHW', scale: 1 / 127.5, mean: [1], std: [1] };
+    const spec: ImageSpec = {
+      height: 48,
+      widthMultiple: 8,
+      maxWidth: 320,
+      channels: 3,
+      layout: 'NCHW',
+      scale: 1 / 127.5,
+      mean: [1],
+      std: [1],
+    };
     assert.deepEqual(imageTargetSize(spec, 100, 20), { width: 240, height: 48, resizeWidth: 240 });
     assert.deepEqual(imageTargetSize(spec, 31, 20), { width: 80, height: 48, resizeWidth: 80 });
     assert.deepEqual(imageTargetSize(spec, 1000, 20), { width: 320, height: 48, resizeWidth: 320 });
     assert.deepEqual(imageTargetSize(spec, 2, 48), { width: 8, height: 48, resizeWidth: 8 });
-    assert.deepEqual(imageTargetSize({ ...spec, widthRounding: 'pad' }, 31, 20), { width: 80, height: 48, resizeWidth: 74 });
+    assert.deepEqual(imageTargetSize({ ...spec, widthRounding: 'pad' }, 31, 20), {
+      width: 80,
+      height: 48,
+      resizeWidth: 74,
+    });
     const line = await writePng(dir, 'line.png', Buffer.alloc(31 * 20 * 3, 200), 31, 20, 3);
     const t = await loadImage(line, spec);
     assert.deepEqual(t.dims, [1, 3, 48, 80]);
@@ -156,13 +226,25 @@ describe('image preprocessing', () => {
     const raw = Buffer.alloc(13 * 48 * 3);
     for (let i = 0; i < raw.length; i++) raw[i] = (i * 7) % 251;
     const p = await writePng(dir, 'pad.png', raw, 13, 48, 3);
-    const t = await loadImage(p, { height: 48, widthMultiple: 8, widthRounding: 'pad', background: 255, channels: 3, layout: 'NHWC', dtype: 'uint8' });
+    const t = await loadImage(p, {
+      height: 48,
+      widthMultiple: 8,
+      widthRounding: 'pad',
+      background: 255,
+      channels: 3,
+      layout: 'NHWC',
+      dtype: 'uint8',
+    });
     assert.deepEqual(t.dims, [1, 48, 16, 3]);
     const d = t.data as Uint8Array;
     for (let y = 0; y < 48; y++)
       for (let x = 0; x < 16; x++)
         for (let c = 0; c < 3; c++)
-          assert.equal(d[(y * 16 + x) * 3 + c], x < 13 ? raw[(y * 13 + x) * 3 + c] : 255, `y${y} x${x} c${c}`);
+          assert.equal(
+            d[(y * 16 + x) * 3 + c],
+            x < 13 ? raw[(y * 13 + x) * 3 + c] : 255,
+            `y${y} x${x} c${c}`,
+          );
   });
 
   it('decodes JPEG and WebP', async () => {
@@ -187,7 +269,15 @@ describe('image preprocessing', () => {
     await assertQnnxError(() => loadImage(join(dir, 'missing.png'), spec), 'E_IO', 'missing.png');
     await assertQnnxError(() => loadImage(png, { ...spec, channels: 2 as 1 }), 'E_USAGE', 'channels');
     await assertQnnxError(() => loadImage(png, { ...spec, mean: [1, 2] }), 'E_USAGE', 'mean');
-    await assertQnnxError(() => loadImage(png, { ...spec, widthMultiple: 8 }), 'E_USAGE', 'width or widthMultiple');
-    await assertQnnxError(() => loadImage(png, { ...spec, dtype: 'uint8', scale: 1 / 255 }), 'E_USAGE', 'uint8');
+    await assertQnnxError(
+      () => loadImage(png, { ...spec, widthMultiple: 8 }),
+      'E_USAGE',
+      'width or widthMultiple',
+    );
+    await assertQnnxError(
+      () => loadImage(png, { ...spec, dtype: 'uint8', scale: 1 / 255 }),
+      'E_USAGE',
+      'uint8',
+    );
   });
 });

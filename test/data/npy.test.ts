@@ -54,7 +54,10 @@ describe('npy round trip', () => {
     const e = parseNpy(encodeNpy(empty));
     assert.deepEqual(e.dims, [0, 3]);
     assert.equal(e.data.length, 0);
-    assert.match(new TextDecoder().decode(encodeNpy({ ...empty, dims: [0] }).subarray(10, 80)), /'shape': \(0,\)/);
+    assert.match(
+      new TextDecoder().decode(encodeNpy({ ...empty, dims: [0] }).subarray(10, 80)),
+      /'shape': \(0,\)/,
+    );
   });
 
   it('returns a zero-copy view when aligned and a copy when not', () => {
@@ -95,7 +98,12 @@ describe('npy hand-made files (NPY format spec)', () => {
     const data = new Uint8Array([0x00, 0x00, 0x01, 0x02, 0xff, 0xff, 0xff, 0xfe]);
     const t = parseNpy(handNpy("{'descr': '>i4', 'fortran_order': False, 'shape': (2,), }", data));
     assert.deepEqual([...(t.data as Int32Array)], [0x0102, -2]);
-    const f = parseNpy(handNpy("{'descr': '>f8', 'fortran_order': False, 'shape': (1,), }", new Uint8Array([0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18])));
+    const f = parseNpy(
+      handNpy(
+        "{'descr': '>f8', 'fortran_order': False, 'shape': (1,), }",
+        new Uint8Array([0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18]),
+      ),
+    );
     assert.deepEqual([...(f.data as Float64Array)], [Math.PI]);
   });
 
@@ -115,15 +123,22 @@ describe('npy hand-made files (NPY format spec)', () => {
     assert.deepEqual(v3.dims, [2, 2]);
     const py2 = parseNpy(handNpy("{'descr': '|u1', 'fortran_order': False, 'shape': (2L, 2L), }", data));
     assert.deepEqual(py2.dims, [2, 2]);
-    const b = parseNpy(handNpy("{'descr': '|?', 'fortran_order': False, 'shape': (4,), }", new Uint8Array([0, 1, 0, 1])));
+    const b = parseNpy(
+      handNpy("{'descr': '|?', 'fortran_order': False, 'shape': (4,), }", new Uint8Array([0, 1, 0, 1])),
+    );
     assert.equal(b.dtype, DataType.BOOL);
-    assert.equal(parseNpyHeader(handNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (), }", new Uint8Array(2))).dtype, DataType.FLOAT16);
+    assert.equal(
+      parseNpyHeader(handNpy("{'descr': '<f2', 'fortran_order': False, 'shape': (), }", new Uint8Array(2)))
+        .dtype,
+      DataType.FLOAT16,
+    );
   });
 });
 
 describe('npy bad input', () => {
   const good = encodeNpy({ dtype: DataType.FLOAT, dims: [2, 2], data: new Float32Array([1, 2, 3, 4]) });
-  const hdr = (descr: string, extra = '') => `{'descr': ${descr}, 'fortran_order': False, 'shape': (2,), ${extra}}`;
+  const hdr = (descr: string, extra = '') =>
+    `{'descr': ${descr}, 'fortran_order': False, 'shape': (2,), ${extra}}`;
   const cases: [string, Uint8Array, string][] = [
     ['empty file', new Uint8Array(0), 'not a .npy file'],
     ['bad magic', new TextEncoder().encode('PK\x03\x04 this is not numpy at all'), 'bad magic'],
@@ -131,15 +146,27 @@ describe('npy bad input', () => {
     ['truncated prefix', good.subarray(0, 8), 'truncated'],
     ['truncated data', good.subarray(0, good.length - 1), 'truncated'],
     ['extra data', new Uint8Array([...good, 0]), 'size mismatch'],
-    ['unsupported version', new Uint8Array([...good.subarray(0, 6), 4, 0, ...good.subarray(8)]), 'version 4.0'],
+    [
+      'unsupported version',
+      new Uint8Array([...good.subarray(0, 6), 4, 0, ...good.subarray(8)]),
+      'version 4.0',
+    ],
     ['complex dtype', handNpy(hdr("'<c8'"), new Uint8Array(16)), "unsupported .npy dtype '<c8'"],
     ['unicode dtype', handNpy(hdr("'<U3'"), new Uint8Array(24)), "unsupported .npy dtype '<U3'"],
     ['datetime dtype', handNpy(hdr("'<M8[s]'"), new Uint8Array(16)), 'unsupported .npy dtype'],
     ['object array', handNpy(hdr("'|O'"), new Uint8Array(16)), 'object arrays are not supported'],
     ['structured', handNpy(hdr("[('a', '<i4'), ('b', '<f4')]"), new Uint8Array(16)), 'structured'],
-    ['malformed header', handNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,", new Uint8Array(8)), 'malformed'],
+    [
+      'malformed header',
+      handNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,", new Uint8Array(8)),
+      'malformed',
+    ],
     ['missing key', handNpy("{'descr': '<f4', 'shape': (2,)}", new Uint8Array(8)), 'malformed'],
-    ['negative dim', handNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}", new Uint8Array(8)), 'bad shape'],
+    [
+      'negative dim',
+      handNpy("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,)}", new Uint8Array(8)),
+      'bad shape',
+    ],
     ['bad byte order', handNpy(hdr("'|f4'"), new Uint8Array(8)), 'malformed .npy dtype'],
   ];
   for (const [what, bytes, msg] of cases) {
@@ -163,7 +190,7 @@ describe('npy bad input', () => {
 });
 
 // Reference files written by real NumPy: exact bytes of each array in little-endian C order.
-const NUMPY_WRITE = String.raw`
+const NUMPY_WRITE = `
 import json, os, sys
 import numpy as np
 from numpy.lib import format as fmt
@@ -215,7 +242,7 @@ np.save(os.path.join(out, 'bad_unicode.npy'), np.array(['abc', 'de']))
 json.dump(cases, open(os.path.join(out, 'cases.json'), 'w'))
 `;
 
-const NUMPY_READ = String.raw`
+const NUMPY_READ = `
 import json, os, sys
 import numpy as np
 d = sys.argv[1]
@@ -275,7 +302,12 @@ describe('npy files written by NumPy', { skip: numpySkipReason() }, () => {
       for (const dims of [t.dims, [8], [2, 1, 4]]) {
         const name = `${key}_${dims.join('x')}`;
         writeFileSync(join(dir, `${name}.npy`), encodeNpy({ ...t, dims }));
-        ours.push({ name, descr: descr[key] ?? `<${key}`, shape: dims, hex: hexOf(t.data as ArrayBufferView) });
+        ours.push({
+          name,
+          descr: descr[key] ?? `<${key}`,
+          shape: dims,
+          hex: hexOf(t.data as ArrayBufferView),
+        });
       }
     }
     writeFileSync(join(dir, 'ours.json'), JSON.stringify(ours));

@@ -33,17 +33,35 @@ describe('npz round trip', () => {
 
   it('refuses bad archives with E_DATA naming the file (and member)', async () => {
     const good = encodeNpz(sampleTensors());
-    await assertQnnxError(() => parseNpz(new TextEncoder().encode('not a zip file'), 'in.npz'), 'E_DATA', 'in.npz', 'bad magic');
-    await assertQnnxError(() => parseNpz(good.subarray(0, good.length - 30), 'in.npz'), 'E_DATA', 'in.npz', 'ZIP');
-    const badMember = zipSync({ 'x.npy': encodeNpy(sampleTensors().get('f4')!).subarray(0, 70) }, { level: 0 });
+    await assertQnnxError(
+      () => parseNpz(new TextEncoder().encode('not a zip file'), 'in.npz'),
+      'E_DATA',
+      'in.npz',
+      'bad magic',
+    );
+    await assertQnnxError(
+      () => parseNpz(good.subarray(0, good.length - 30), 'in.npz'),
+      'E_DATA',
+      'in.npz',
+      'ZIP',
+    );
+    const badMember = zipSync(
+      { 'x.npy': encodeNpy(sampleTensors().get('f4')!).subarray(0, 70) },
+      { level: 0 },
+    );
     await assertQnnxError(() => parseNpz(badMember, 'in.npz'), 'E_DATA', 'in.npz[x.npy]', 'truncated');
     const notNpy = zipSync({ 'readme.txt': new TextEncoder().encode('hello') });
-    await assertQnnxError(() => parseNpz(notNpy, 'in.npz'), 'E_DATA', 'in.npz[readme.txt]', 'not a .npy file');
+    await assertQnnxError(
+      () => parseNpz(notNpy, 'in.npz'),
+      'E_DATA',
+      'in.npz[readme.txt]',
+      'not a .npy file',
+    );
     await assertQnnxError(() => readNpz('/nonexistent/in.npz'), 'E_IO', '/nonexistent/in.npz');
   });
 });
 
-const NUMPY_WRITE = String.raw`
+const NUMPY_WRITE = `
 import json, os, sys
 import numpy as np
 d = sys.argv[1]
@@ -64,7 +82,7 @@ ref = {k: {'shape': list(a.shape), 'hex': np.ascontiguousarray(a).astype(a.dtype
 json.dump(ref, open(os.path.join(d, 'ref.json'), 'w'))
 `;
 
-const NUMPY_READ = String.raw`
+const NUMPY_READ = `
 import json, os, sys
 import numpy as np
 d = sys.argv[1]
@@ -83,7 +101,10 @@ describe('npz files written by NumPy', { skip: numpySkipReason() }, () => {
   it('parses numpy.savez and numpy.savez_compressed archives, and NumPy reads ours', () => {
     const dir = tempDir();
     runPython(NUMPY_WRITE, [dir]);
-    const ref = JSON.parse(readFileSync(join(dir, 'ref.json'), 'utf8')) as Record<string, { shape: number[]; hex: string }>;
+    const ref = JSON.parse(readFileSync(join(dir, 'ref.json'), 'utf8')) as Record<
+      string,
+      { shape: number[]; hex: string }
+    >;
     for (const name of ['stored.npz', 'deflated.npz']) {
       const file = join(dir, name);
       const z = parseNpz(readFileSync(file), file);
