@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { registerConvert } from './convert.js';
 import { reportError } from './errors.js';
 import { registerInspect } from './inspect.js';
+import { registerQuantize } from './quantize.js';
 
 const VERSION = '0.1.0';
 
@@ -29,6 +30,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)');
   registerInspect(program, run);
   registerConvert(program, run);
+  registerQuantize(program, run);
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {

@@ -1,0 +1,199 @@
+/** `qnnx quantize <in.onnx> -o <out.onnx> --calib <dir|glob> [--preset ...] ...` */
+import * as fs from 'node:fs';
+import type { Command } from 'commander';
+import { openDataSource } from '../data/index.js';
+import { QnnxError } from '../errors.js';
+import { loadModel, saveModel } from '../io/model-file.js';
+import { PRESETS, type PresetName } from '../quant/presets.js';
+import { type QuantizeOptions, quantizeModel } from '../quant/quantize.js';
+import { getTarget, parseTarget, TARGETS, type TargetProfile } from '../quant/sim/targets.js';
+import { Session } from '../runtime/session.js';
+import { bytes, table } from './format.js';
+import { createProgress } from './progress.js';
+
+interface QuantizeCliOptions {
+  output: string;
+  calib?: string;
+  preset: string;
+  weights?: string;
+  activations?: string;
+  granularity?: string;
+  range?: string;
+  target?: string;
+  exclude?: string[];
+  include?: string[];
+  samples?: string;
+  inputName?: string;
+  foldBn: boolean;
+  json?: boolean;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, ...v.split(',').filter(Boolean)];
+
+export function registerQuantize(
+  program: Command,
+  run: (fn: () => Promise<void> | void) => Promise<void>,
+): void {
+  program
+    .command('quantize')
+    .description('post-training quantization: calibrate on sample data and write a QDQ ONNX model')
+    .argument('<model>', 'float ONNX model (never modified)')
+    .requiredOption('-o, --output <file>', 'quantized ONNX model (written atomically)')
+    .option(
+      '--calib <data>',
+      'calibration data: a directory or glob of .npy (one sample each), .npz, images, .wav',
+    )
+    .option('--preset <name>', `${Object.keys(PRESETS).join('|')}`, 'w8a8')
+    .option('--weights <type>', 'weight type override: int8, int4, int16, fp8')
+    .option('--activations <type>', 'activation type override: uint8, int8, uint16, int16, fp8')
+    .option('--granularity <g>', 'weight granularity: tensor, channel, block:N, vector:N[:M]')
+    .option(
+      '--range <method>',
+      'activation range: minmax, moving-average[:m], percentile:P, mse, octav, entropy',
+      'minmax',
+    )
+    .option(
+      '--target <name|file.json>',
+      `target profile: ${Object.keys(TARGETS).join(', ')} or a JSON file`,
+      'ort-cpu',
+    )
+    .option(
+      '--exclude <nodes>',
+      'node names, op types or /regex/ to leave float (repeatable, comma-separated)',
+      collect,
+    )
+    .option('--include <nodes>', 'quantize only these nodes / op types / /regex/', collect)
+    .option('--samples <n>', 'use at most n calibration samples')
+    .option('--input-name <name>', 'model input the .npy samples feed (default: the first input)')
+    .option('--no-fold-bn', 'do not fold BatchNormalization before quantizing')
+    .option('--json', 'print one JSON object; progress as JSON lines on stderr')
+    .action((file: string, opts: QuantizeCliOptions) => run(() => quantizeCommand(file, opts)));
+}
+
+function typeOverride(
+  kind: 'weights' | 'activations',
+  s: string | undefined,
+): Partial<QuantizeOptions> & { act?: object } {
+  if (!s) return {};
+  const m = /^(u?int)(\d+)$/.exec(s);
+  if (m) {
+    const bits = Number(m[2]);
+    const signed = m[1] === 'int';
+    return kind === 'weights'
+      ? { weightBits: bits, weightSigned: signed }
+      : { activationBits: bits, activationSigned: signed };
+  }
+  throw new QnnxError('E_USAGE', `--${kind} must look like int8, uint8, int4 or int16, got '${s}'`);
+}
+
+function loadTarget(spec: string): TargetProfile {
+  if (spec.endsWith('.json')) {
+    let text: string;
+    try {
+      text = fs.readFileSync(spec, 'utf8');
+    } catch {
+      throw new QnnxError('E_IO', `${spec}: cannot read the target profile`, { file: spec });
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new QnnxError('E_USAGE', `${spec}: not valid JSON (${(e as Error).message})`, { file: spec });
+    }
+    return parseTarget(json, spec);
+  }
+  return getTarget(spec);
+}
+
+async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<void> {
+  if (!opts.calib) throw new QnnxError('E_USAGE', '--calib is required for calibrated presets');
+  if (!(opts.preset in PRESETS)) {
+    throw new QnnxError(
+      'E_USAGE',
+      `unknown preset '${opts.preset}' (known: ${Object.keys(PRESETS).join(', ')})`,
+    );
+  }
+  const limit = opts.samples === undefined ? undefined : Number(opts.samples);
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
+    throw new QnnxError('E_USAGE', `--samples must be a positive integer, got '${opts.samples}'`);
+  }
+  if (opts.activations === 'fp8' || opts.weights === 'fp8') {
+    throw new QnnxError('E_USAGE', 'use --preset fp8 for float8 quantization');
+  }
+  const target = loadTarget(opts.target ?? 'ort-cpu');
+  const t0 = performance.now();
+  const bytesBefore = fs.statSync(file).size;
+  const model = loadModel(file);
+  const inputName = opts.inputName ?? model.graph.inputs.find((v) => !model.graph.initializer(v.name))?.name;
+  if (!inputName) throw new QnnxError('E_USAGE', `${file}: the model has no inputs`, { file });
+  const data = await openDataSource(opts.calib, { inputName, limit });
+  const progress = createProgress('calibrate', opts.json ?? false);
+  const options: QuantizeOptions = {
+    preset: opts.preset as PresetName,
+    target,
+    granularity: opts.granularity,
+    range: opts.range,
+    exclude: opts.exclude,
+    include: opts.include,
+    foldBatchNorm: opts.foldBn,
+    onProgress: (d, t) => progress.update(d, t),
+    ...typeOverride('weights', opts.weights),
+    ...typeOverride('activations', opts.activations),
+  };
+  let result: Awaited<ReturnType<typeof quantizeModel>>;
+  try {
+    result = await quantizeModel(
+      model,
+      data,
+      (m) => Session.create(m, { graphOptimizationLevel: 'all', enableCpuMemArena: false, name: file }),
+      options,
+      data.size,
+    );
+  } finally {
+    progress.stop();
+  }
+  const saved = saveModel(result.model, opts.output, { externalData: 'keep' });
+  const seconds = (performance.now() - t0) / 1000;
+  const r = result.report;
+  const summary = {
+    input: file,
+    output: opts.output,
+    bytesBefore,
+    bytesAfter: saved.bytes + saved.externalBytes,
+    ...r,
+    seconds,
+  };
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    return;
+  }
+  const q = r.quantizers;
+  process.stdout.write(
+    `${table(
+      ['', 'value'],
+      [
+        ['model', `${file} -> ${opts.output}`],
+        ['preset / target', `${r.preset} / ${r.target}`],
+        [
+          'size',
+          `${bytes(bytesBefore)} -> ${bytes(summary.bytesAfter)} (${((summary.bytesAfter / bytesBefore) * 100).toFixed(1)}%)`,
+        ],
+        ['opset', `${r.opset.before} -> ${r.opset.after}`],
+        [
+          'quantizers',
+          `${q.weights} weights, ${q.biases} biases, ${q.activations} activations (+${q.shared} shared), ${q.constants} constants`,
+        ],
+        [
+          'calibration',
+          `${r.calibration.samples} samples, ${r.range}, ${r.calibration.seconds.toFixed(2)} s (${r.calibration.mode})`,
+        ],
+        [
+          'left float',
+          r.skipped.length ? r.skipped.map((s) => s.node || s.opType).join(', ') : 'none excluded',
+        ],
+        ['time', `${seconds.toFixed(2)} s`],
+      ],
+      ['l', 'l'],
+    )}\n`,
+  );
+}
