@@ -34,7 +34,10 @@ export interface OrtSessionLike {
   /** Present in onnxruntime 1.22+; older backends leave it out. */
   readonly inputMetadata?: readonly OrtValueMetadata[];
   readonly outputMetadata?: readonly OrtValueMetadata[];
-  run(feeds: Record<string, OrtTensorLike>, fetches: readonly string[]): Promise<Record<string, OrtTensorLike>>;
+  run(
+    feeds: Record<string, OrtTensorLike>,
+    fetches: readonly string[],
+  ): Promise<Record<string, OrtTensorLike>>;
   release(): Promise<void>;
 }
 

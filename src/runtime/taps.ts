@@ -10,7 +10,6 @@
 import { QnnxError } from '../errors.js';
 import { Graph, Node, type ValueInfo } from '../ir/graph.js';
 import { Model } from '../ir/model.js';
-import { dataTypeName } from '../onnx/dtype.js';
 import { elemTypeOf, recordElementTypes } from './value-types.js';
 
 export interface TapOptions {
@@ -99,7 +98,9 @@ export function addTaps(model: Model, names: readonly string[], options: TapOpti
     if (outputs.has(name) || wanted.includes(name)) continue;
     if (!name || !defined.has(name)) {
       const owner = name ? subgraphOwner(model, name) : undefined;
-      const where = owner ? `: it is internal to a subgraph of node ${owner.label()}; only main-graph values` : '';
+      const where = owner
+        ? `: it is internal to a subgraph of node ${owner.label()}; only main-graph values`
+        : '';
       throw new QnnxError(
         'E_GRAPH',
         `cannot tap '${name}'${where || ': the main graph defines no value of that name; only its node outputs, inputs and initializers'} can be tapped`,
@@ -118,7 +119,10 @@ export function addTaps(model: Model, names: readonly string[], options: TapOpti
     const t = elemTypeOf(info?.type) ?? types.get(name);
     if (t !== undefined) {
       // keep the declared type (with its shape) when it is a tensor type, else declare the element type only
-      const type = elemTypeOf(info?.type) === t && info?.type?.tensor_type ? info.type : { tensor_type: { elem_type: t } };
+      const type =
+        elemTypeOf(info?.type) === t && info?.type?.tensor_type
+          ? info.type
+          : { tensor_type: { elem_type: t } };
       tapped.graph.outputs.push({ name, type });
     } else if (options.unknownType === 'untyped') {
       tapped.graph.outputs.push({ name });
@@ -158,10 +162,4 @@ export function tapAll(model: Model, filter?: (name: string, node: Node) => bool
     }
   }
   return out;
-}
-
-/** A short description of a tap's type, for messages ('float32' or 'untyped'). */
-export function tapTypeName(model: Model, name: string): string {
-  const t = elemTypeOf(model.graph.outputs.find((o) => o.name === name)?.type);
-  return t === undefined ? 'untyped' : dataTypeName(t);
 }

@@ -108,7 +108,9 @@ export function toOrtTensor(Tensor: OrtTensorConstructor, t: HostTensor, name = 
       try {
         return utf8Decoder.decode(b);
       } catch {
-        throw new QnnxError('E_DTYPE', `input '${name}': string element ${i} is not valid UTF-8`, { tensor: name });
+        throw new QnnxError('E_DTYPE', `input '${name}': string element ${i} is not valid UTF-8`, {
+          tensor: name,
+        });
       }
     });
   }
@@ -144,7 +146,11 @@ export function fromOrtTensor(t: OrtTensorLike, name = ''): HostTensor {
     data =
       view instanceof C
         ? (view as TensorStorage)
-        : (new C(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength / C.BYTES_PER_ELEMENT) as TensorStorage);
+        : (new C(
+            view.buffer as ArrayBuffer,
+            view.byteOffset,
+            view.byteLength / C.BYTES_PER_ELEMENT,
+          ) as TensorStorage);
   }
   return { dtype, dims, data };
 }

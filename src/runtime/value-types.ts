@@ -160,7 +160,8 @@ function nodeOutputTypes(n: Node, typeOf: (name: string) => DataType | undefined
   const op = n.opType;
   if (op in SAME_AS_INPUT) {
     const t = input(SAME_AS_INPUT[op]);
-    if (op === 'BatchNormalization') out[0] = t; // training-mode statistics outputs stay untyped
+    if (op === 'BatchNormalization')
+      out[0] = t; // training-mode statistics outputs stay untyped
     else all(t);
   } else if (BOOL_OPS.has(op)) all(DataType.BOOL);
   else if (INT64_OPS.has(op)) all(DataType.INT64);
@@ -244,7 +245,8 @@ export function recordElementTypes(graph: Graph): Map<string, DataType> {
   const declare = (name: string, t: DataType | undefined) => {
     if (name && t !== undefined && t !== DataType.UNDEFINED && !types.has(name)) types.set(name, t);
   };
-  for (const v of [...graph.inputs, ...graph.outputs, ...graph.valueInfo]) declare(v.name, elemTypeOf(v.type));
+  for (const v of [...graph.inputs, ...graph.outputs, ...graph.valueInfo])
+    declare(v.name, elemTypeOf(v.type));
   for (const [name, t] of graph.initializers) declare(name, t.dtype);
   for (const sp of graph.sparseInitializers) declare(sp.values?.name ?? '', sp.values?.data_type);
   let order: Node[];
