@@ -31,7 +31,12 @@ export class QnnxError extends Error {
   readonly code: QnnxErrorCode;
   readonly context: QnnxErrorContext;
 
-  constructor(code: QnnxErrorCode, message: string, context: QnnxErrorContext = {}, options?: { cause?: unknown }) {
+  constructor(
+    code: QnnxErrorCode,
+    message: string,
+    context: QnnxErrorContext = {},
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
     this.code = code;
     this.context = context;
@@ -40,7 +45,15 @@ export class QnnxError extends Error {
   /** A copy with the file name prefixed to the message (used when a lower layer did not know the file). */
   withFile(file: string): QnnxError {
     if (this.context.file) return this;
-    return new QnnxError(this.code, `${file}: ${this.message}`, { ...this.context, file }, { cause: this.cause });
+    if (this.message.startsWith(`${file}: `)) {
+      return new QnnxError(this.code, this.message, { ...this.context, file }, { cause: this.cause });
+    }
+    return new QnnxError(
+      this.code,
+      `${file}: ${this.message}`,
+      { ...this.context, file },
+      { cause: this.cause },
+    );
   }
 }
 

@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { registerConvert } from './convert.js';
 import { reportError } from './errors.js';
+import { registerEval } from './eval.js';
 import { registerInspect } from './inspect.js';
 import { registerQuantize } from './quantize.js';
 
@@ -30,6 +31,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)');
   registerInspect(program, run);
   registerConvert(program, run);
+  registerEval(program, run);
   registerQuantize(program, run);
   try {
     await program.parseAsync(argv, { from: 'user' });

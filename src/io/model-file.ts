@@ -16,7 +16,8 @@ const AUTO_EXTERNAL_MARGIN = 64 * 2 ** 20;
 
 function ioError(file: string, e: unknown, verb: string): QnnxError {
   const err = e as NodeJS.ErrnoException;
-  const reason = err.code === 'ENOENT' ? 'no such file' : err.code === 'EISDIR' ? 'is a directory' : err.message;
+  const reason =
+    err.code === 'ENOENT' ? 'no such file' : err.code === 'EISDIR' ? 'is a directory' : err.message;
   return new QnnxError('E_IO', `${file}: cannot ${verb} (${reason})`, { file });
 }
 
@@ -48,10 +49,14 @@ export class ExternalDataFiles {
     if (cached) return cached;
     const where = `${this.modelFile}: tensor '${tensor}'`;
     if (path.isAbsolute(location) || /^[a-zA-Z]:[\\/]/.test(location) || location.startsWith('\\')) {
-      throw new QnnxError('E_EXTERNAL_DATA', `${where}: external data location '${location}' is absolute; refused`, {
-        file: this.modelFile,
-        tensor,
-      });
+      throw new QnnxError(
+        'E_EXTERNAL_DATA',
+        `${where}: external data location '${location}' is absolute; refused`,
+        {
+          file: this.modelFile,
+          tensor,
+        },
+      );
     }
     const resolved = path.resolve(this.dir, location);
     const rel = path.relative(this.dir, resolved);
@@ -84,10 +89,21 @@ export class ExternalDataFiles {
     try {
       fd = fs.openSync(real, 'r');
       const st = fs.fstatSync(fd);
-      if (!st.isFile()) throw Object.assign(new Error('is not a regular file'), { code: 'EISDIR' });
+      if (!st.isFile()) {
+        fs.closeSync(fd);
+        throw Object.assign(new Error('not a regular file'), { code: 'EISDIR' });
+      }
       size = st.size;
     } catch (e) {
-      throw ioError(path.join(this.dir, location), e, 'open external data');
+      const reason = (e as NodeJS.ErrnoException).code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+      throw new QnnxError(
+        'E_EXTERNAL_DATA',
+        `${where}: cannot open external data file '${location}' (${reason})`,
+        {
+          file: this.modelFile,
+          tensor,
+        },
+      );
     }
     const entry = { fd, size };
     this.fds.set(location, entry);
@@ -112,10 +128,14 @@ export class ExternalDataFiles {
       done += n;
     }
     if (done !== info.length) {
-      throw new QnnxError('E_EXTERNAL_DATA', `${this.modelFile}: tensor '${tensor}': external data is truncated`, {
-        file: this.modelFile,
-        tensor,
-      });
+      throw new QnnxError(
+        'E_EXTERNAL_DATA',
+        `${this.modelFile}: tensor '${tensor}': external data is truncated`,
+        {
+          file: this.modelFile,
+          tensor,
+        },
+      );
     }
     return buf;
   };
@@ -193,7 +213,11 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): S
   let fd: number | undefined;
   let offset = 0;
   let externalTensors = 0;
+  let dataRenamed = false;
   try {
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+      throw new QnnxError('E_IO', `${file}: cannot write (is a directory)`, { file });
+    }
     const writeExternal = (t: Tensor): ExternalDataInfo | undefined => {
       if (mode === false || !wants(t)) return undefined;
       if (fd === undefined) fd = fs.openSync(dataTmp, 'w');
@@ -226,7 +250,10 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): S
       fd = undefined;
     }
     fs.writeFileSync(modelTmp, encoded);
-    if (externalTensors > 0) fs.renameSync(dataTmp, dataPath);
+    if (externalTensors > 0) {
+      fs.renameSync(dataTmp, dataPath);
+      dataRenamed = true;
+    }
     fs.renameSync(modelTmp, file);
     return {
       file,
@@ -238,7 +265,8 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): S
   } catch (e) {
     if (fd !== undefined) fs.closeSync(fd);
     for (const f of [dataTmp, modelTmp]) fs.rmSync(f, { force: true });
-    if (isQnnxError(e)) throw e;
+    if (dataRenamed) fs.rmSync(dataPath, { force: true });
+    if (isQnnxError(e)) throw e.withFile(file);
     throw ioError(file, e, 'write');
   }
 }

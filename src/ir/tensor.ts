@@ -116,7 +116,8 @@ export function rawToStorage(dtype: DataType, raw: Uint8Array, count: number, na
   const C = storageConstructor(dtype);
   if (C === Uint8Array) return raw;
   const bpe = C.BYTES_PER_ELEMENT;
-  if (raw.byteOffset % bpe === 0) return new C(raw.buffer as ArrayBuffer, raw.byteOffset, raw.length / bpe) as TensorStorage;
+  if (raw.byteOffset % bpe === 0)
+    return new C(raw.buffer as ArrayBuffer, raw.byteOffset, raw.length / bpe) as TensorStorage;
   const copy = new Uint8Array(raw.length);
   copy.set(raw);
   return new C(copy.buffer, 0, raw.length / bpe) as TensorStorage;
@@ -132,7 +133,8 @@ export function protoElementCount(tp: TensorProto, where: string): number {
     }
     n *= v;
   }
-  if (n > MAX_DIM) throw new QnnxError('E_TENSOR_SIZE', `${where}: declared size ${n} is too large`, { tensor: tp.name });
+  if (n > MAX_DIM)
+    throw new QnnxError('E_TENSOR_SIZE', `${where}: declared size ${n} is too large`, { tensor: tp.name });
   return n;
 }
 
@@ -183,7 +185,9 @@ export function tensorFromProto(tp: TensorProto, readExternal?: ExternalDataRead
     const info = externalInfoOf(tp, at);
     const expected = storageBytes(dtype, count);
     if (dtype === DataType.STRING) {
-      throw new QnnxError('E_EXTERNAL_DATA', `${at}: string tensors cannot be stored externally`, { tensor: name });
+      throw new QnnxError('E_EXTERNAL_DATA', `${at}: string tensors cannot be stored externally`, {
+        tensor: name,
+      });
     }
     if (info.length >= 0 && info.length !== expected) {
       throw new QnnxError(
@@ -193,15 +197,19 @@ export function tensorFromProto(tp: TensorProto, readExternal?: ExternalDataRead
       );
     }
     if (!readExternal) {
-      throw new QnnxError('E_EXTERNAL_DATA', `${at}: stored in external data but no model directory is known`, {
-        tensor: name,
-      });
+      throw new QnnxError(
+        'E_EXTERNAL_DATA',
+        `${at}: stored in external data but no model directory is known`,
+        {
+          tensor: name,
+        },
+      );
     }
     const bytes = readExternal({ ...info, length: expected }, name);
     t = new Tensor(name, dtype, dims, bytes, true);
     t.storage = 'external';
     t.externalInfo = { ...info, length: expected };
-  } else if (tp.raw_data && tp.raw_data.length > 0) {
+  } else if (tp.raw_data && (tp.raw_data.length > 0 || (count === 0 && has(tp, 'raw_data')))) {
     if (dtype === DataType.STRING) {
       throw new QnnxError('E_DTYPE', `${at}: string tensors cannot use raw_data`, { tensor: name });
     }
@@ -345,7 +353,7 @@ export function tensorToProto(t: Tensor, opts: TensorToProtoOptions = {}): Tenso
     tp.data_location = 1;
   } else if (t.dtype === DataType.STRING || (t.storage === 'typed' && !opts.forceRaw)) {
     storageToTypedFields(t, tp);
-  } else if (t.size > 0) {
+  } else if (t.size > 0 || t.storage === 'raw') {
     tp.raw_data = t.raw;
   }
   if (t.docString !== undefined) tp.doc_string = t.docString;

@@ -3,7 +3,8 @@
  * input buffer. Every failure becomes a QnnxError naming the file.
  */
 import { QnnxError } from '../errors.js';
-import type { ModelProto, TensorProto } from './proto.js';
+import type { GraphProto, ModelProto, TensorProto } from './proto.js';
+import { has, toNumber } from './proto.js';
 import { schema } from './schema.js';
 
 type MessageType = (typeof schema)[keyof typeof schema];
@@ -23,7 +24,7 @@ function decodeWith<T>(type: MessageType, bytes: Uint8Array, file: string, what:
 export function decodeModelProto(bytes: Uint8Array, file = '<buffer>'): ModelProto {
   if (bytes.length === 0) throw new QnnxError('E_NOT_A_MODEL', `${file}: the file is empty`, { file });
   const m = decodeWith<ModelProto>(schema.ModelProto, bytes, file, 'ONNX model');
-  if (m.ir_version === undefined || m.ir_version === null) {
+  if (!has(m, 'ir_version')) {
     throw new QnnxError('E_NOT_A_MODEL', `${file}: not an ONNX model (ModelProto.ir_version is missing)`, {
       file,
       field: 'ir_version',
@@ -35,7 +36,56 @@ export function decodeModelProto(bytes: Uint8Array, file = '<buffer>'): ModelPro
       field: 'graph',
     });
   }
+  if (toNumber(m.ir_version) >= 3 && !m.opset_import?.length) {
+    throw new QnnxError(
+      'E_NOT_A_MODEL',
+      `${file}: not an ONNX model (no opset_import, required since IR version 3)`,
+      {
+        file,
+        field: 'opset_import',
+      },
+    );
+  }
+  checkStrings(m, file);
   return m;
+}
+
+/**
+ * Refuses names that were not valid UTF-8: protobufjs decodes them to lone surrogates, which would be written
+ * back as U+FFFD, silently renaming values.
+ */
+function checkStrings(m: ModelProto, file: string): void {
+  const bad = (s: string | undefined) => s !== undefined && !s.isWellFormed();
+  const visitGraph = (g: GraphProto | undefined, path: string): void => {
+    if (!g) return;
+    for (const [i, n] of (g.node ?? []).entries()) {
+      for (const s of [n.name, n.op_type, n.domain, ...(n.input ?? []), ...(n.output ?? [])]) {
+        if (bad(s)) {
+          throw new QnnxError(
+            'E_PROTOBUF',
+            `${file}: ${path}/node[${i}] has a name that is not valid UTF-8`,
+            { file },
+          );
+        }
+      }
+      for (const a of n.attribute ?? []) {
+        visitGraph(a.g, `${path}/node[${i}].${a.name}`);
+        for (const sg of a.graphs ?? []) visitGraph(sg, `${path}/node[${i}].${a.name}`);
+      }
+    }
+    for (const v of [
+      ...(g.input ?? []),
+      ...(g.output ?? []),
+      ...(g.value_info ?? []),
+      ...(g.initializer ?? []),
+    ]) {
+      if (bad(v.name))
+        throw new QnnxError('E_PROTOBUF', `${file}: ${path} has a value name that is not valid UTF-8`, {
+          file,
+        });
+    }
+  };
+  visitGraph(m.graph, 'graph');
 }
 
 export function encodeModelProto(m: ModelProto): Uint8Array {

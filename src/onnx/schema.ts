@@ -261,7 +261,9 @@ message OptionalProto {
 }
 `;
 
+// resolveAll() applies field options such as [packed = true]; without it protobufjs writes packed fields unpacked.
 export const onnxRoot: protobuf.Root = protobuf.parse(ONNX_PROTO, { keepCase: true }).root;
+onnxRoot.resolveAll();
 
 export const schema = {
   ModelProto: onnxRoot.lookupType('onnx.ModelProto'),

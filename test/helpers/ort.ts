@@ -103,7 +103,8 @@ export function protoValues(tp: TensorProto): ProtoValues {
   const count = dims.reduce((a, b) => a * b, 1);
   if (info.field === 'string_data') {
     const strings = tp.string_data ?? [];
-    if (strings.length !== count) throw new Error(`tensor '${tp.name}': ${strings.length} strings, need ${count}`);
+    if (strings.length !== count)
+      throw new Error(`tensor '${tp.name}': ${strings.length} strings, need ${count}`);
     return { dataType, dims, strings };
   }
   const nbytes = Math.ceil((count * info.bits) / 8);
@@ -111,13 +112,15 @@ export function protoValues(tp: TensorProto): ProtoValues {
   const bytes = new Uint8Array(buf);
   const dv = new DataView(buf);
   if (tp.raw_data && tp.raw_data.length > 0) {
-    if (tp.raw_data.length !== nbytes) throw new Error(`tensor '${tp.name}': raw_data ${tp.raw_data.length} != ${nbytes}`);
+    if (tp.raw_data.length !== nbytes)
+      throw new Error(`tensor '${tp.name}': raw_data ${tp.raw_data.length} != ${nbytes}`);
     bytes.set(tp.raw_data);
   } else {
     const src = (tp[info.field] ?? []) as (number | Parameters<typeof toBigInt>[0])[];
     const per = info.bits >= 8 ? info.bits / 8 : 1; // bytes per entry of the typed field
     const entries = info.bits >= 8 ? (dataType === 14 || dataType === 15 ? count * 2 : count) : nbytes;
-    if (src.length !== entries) throw new Error(`tensor '${tp.name}': ${info.field} has ${src.length}, need ${entries}`);
+    if (src.length !== entries)
+      throw new Error(`tensor '${tp.name}': ${info.field} has ${src.length}, need ${entries}`);
     const step = dataType === 14 ? 4 : dataType === 15 ? 8 : per;
     for (let i = 0; i < entries; i++) {
       const v = src[i];
@@ -173,13 +176,18 @@ export function diffOutputs(a: OrtOutputs, b: OrtOutputs): string | undefined {
       const sx = x.data as string[];
       const sy = y.data as string[];
       const i = sx.findIndex((s, j) => s !== sy[j]);
-      if (i >= 0) return `output '${k}': string ${i} differs: ${JSON.stringify(sx[i])} vs ${JSON.stringify(sy[i])}`;
+      if (i >= 0)
+        return `output '${k}': string ${i} differs: ${JSON.stringify(sx[i])} vs ${JSON.stringify(sy[i])}`;
       continue;
     }
     const bx = tensorBytes(x);
     const by = tensorBytes(y);
     if (bx.length !== by.length) return `output '${k}': ${bx.length} vs ${by.length} bytes`;
-    if (!Buffer.from(bx.buffer, bx.byteOffset, bx.length).equals(Buffer.from(by.buffer, by.byteOffset, by.length))) {
+    if (
+      !Buffer.from(bx.buffer, bx.byteOffset, bx.length).equals(
+        Buffer.from(by.buffer, by.byteOffset, by.length),
+      )
+    ) {
       const bpe = (x.data as Typed).BYTES_PER_ELEMENT;
       let i = 0;
       while (bx[i] === by[i]) i++;
