@@ -1,10 +1,10 @@
 /** `qnnx convert <in.onnx> -o <out.onnx> [--opset N] [--external-data] [--fold-bn] [--optimize] [--json]` */
 import type { Command } from 'commander';
 import { QnnxError } from '../errors.js';
+import { loadModel, saveModel } from '../io/model-file.js';
 import { graphNodeTotal } from '../ir/graph.js';
 import type { PassRecord } from '../ir/pass.js';
 import { foldBatchNorm, optimize, upgradeOpset } from '../ir/passes/index.js';
-import { loadModel, saveModel } from '../io/model-file.js';
 import { bytes, count } from './format.js';
 
 interface ConvertOptions {
@@ -17,7 +17,10 @@ interface ConvertOptions {
   json?: boolean;
 }
 
-export function registerConvert(program: Command, run: (fn: () => Promise<void> | void) => Promise<void>): void {
+export function registerConvert(
+  program: Command,
+  run: (fn: () => Promise<void> | void) => Promise<void>,
+): void {
   program
     .command('convert')
     .description('rewrite an ONNX model through the qnnx IR, optionally optimizing or raising its opset')
@@ -58,7 +61,9 @@ function convert(file: string, opts: ConvertOptions): void {
     input: file,
     output: opts.output,
     bytes: saved.bytes,
-    externalData: saved.externalFile ? { file: saved.externalFile, bytes: saved.externalBytes, tensors: saved.externalTensors } : null,
+    externalData: saved.externalFile
+      ? { file: saved.externalFile, bytes: saved.externalBytes, tensors: saved.externalTensors }
+      : null,
     opset: { before: opsetBefore, after: model.opset('') ?? 0 },
     nodes: { before: nodesBefore, after: graphNodeTotal(model.graph) },
     passes: records,

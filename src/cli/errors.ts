@@ -20,7 +20,9 @@ export function reportError(e: unknown, debug: boolean, json: boolean): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.ok : EXIT.usage;
   if (isQnnxError(e)) {
     if (json) {
-      process.stderr.write(`${JSON.stringify({ error: { code: e.code, message: e.message, ...e.context } })}\n`);
+      process.stderr.write(
+        `${JSON.stringify({ error: { code: e.code, message: e.message, ...e.context } })}\n`,
+      );
     } else {
       process.stderr.write(`qnnx: error ${e.code}: ${oneLine(e.message)}\n`);
     }
@@ -28,7 +30,9 @@ export function reportError(e: unknown, debug: boolean, json: boolean): number {
     return e.code === 'E_USAGE' ? EXIT.usage : EXIT.failed;
   }
   const msg = e instanceof Error ? e.message : String(e);
-  process.stderr.write(`qnnx: internal error: ${oneLine(msg)} (this is a bug; rerun with --debug for the stack)\n`);
+  process.stderr.write(
+    `qnnx: internal error: ${oneLine(msg)} (this is a bug; rerun with --debug for the stack)\n`,
+  );
   if (debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
   return EXIT.internal;
 }

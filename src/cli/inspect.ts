@@ -1,10 +1,13 @@
 /** `qnnx inspect <model.onnx> [--json]` */
 import type { Command } from 'commander';
-import { inspectModel, type ModelSummary } from '../ir/inspect.js';
 import { loadModel } from '../io/model-file.js';
+import { inspectModel, type ModelSummary } from '../ir/inspect.js';
 import { bytes, count, shape, table } from './format.js';
 
-export function registerInspect(program: Command, run: (fn: () => Promise<void> | void) => Promise<void>): void {
+export function registerInspect(
+  program: Command,
+  run: (fn: () => Promise<void> | void) => Promise<void>,
+): void {
   program
     .command('inspect')
     .description('print what an ONNX model contains: versions, inputs/outputs, op census, parameters, data')

@@ -80,7 +80,9 @@ export class GraphBuilder {
     const outs = options.outputs ?? 1;
     const outputs =
       typeof outs === 'number'
-        ? Array.from({ length: outs }, (_, i) => this.uniqueName(outs === 1 ? `${name}_out` : `${name}_out${i}`))
+        ? Array.from({ length: outs }, (_, i) =>
+            this.uniqueName(outs === 1 ? `${name}_out` : `${name}_out${i}`),
+          )
         : outs.map((o) => {
             this.reserve(o);
             return o;
@@ -149,7 +151,9 @@ export function tensorType(elemType: DataType, shape?: (number | string | null)[
   const t: TypeProto = { tensor_type: { elem_type: elemType } };
   if (shape) {
     t.tensor_type!.shape = {
-      dim: shape.map((d) => (typeof d === 'number' ? { dim_value: d } : typeof d === 'string' ? { dim_param: d } : {})),
+      dim: shape.map((d) =>
+        typeof d === 'number' ? { dim_value: d } : typeof d === 'string' ? { dim_param: d } : {},
+      ),
     };
   }
   return t;

@@ -61,7 +61,14 @@ export class Node {
   hasName = true;
   hasDomain = true;
 
-  constructor(opType: string, inputs: string[], outputs: string[], attributes: Attribute[] = [], name = '', domain = '') {
+  constructor(
+    opType: string,
+    inputs: string[],
+    outputs: string[],
+    attributes: Attribute[] = [],
+    name = '',
+    domain = '',
+  ) {
     this.opType = opType;
     this.inputs = inputs;
     this.outputs = outputs;
@@ -142,7 +149,9 @@ export class Node {
 
   /** A label for messages: the node name, or op type and first output when unnamed. */
   label(): string {
-    return this.name ? `'${this.name}' (${this.opType})` : `${this.opType} producing '${this.outputs[0] ?? ''}'`;
+    return this.name
+      ? `'${this.name}' (${this.opType})`
+      : `${this.opType} producing '${this.outputs[0] ?? ''}'`;
   }
 }
 
@@ -237,9 +246,13 @@ export class Graph {
           const s = state.get(d);
           if (s === undefined) push(d);
           else if (s === 1) {
-            throw new QnnxError('E_GRAPH_CYCLE', `graph '${this.name}' has a cycle through node ${d.label()}`, {
-              node: d.name,
-            });
+            throw new QnnxError(
+              'E_GRAPH_CYCLE',
+              `graph '${this.name}' has a cycle through node ${d.label()}`,
+              {
+                node: d.name,
+              },
+            );
           }
         } else {
           state.set(top.node, 2);

@@ -68,7 +68,8 @@ export function shapeOf(t: TypeProto | undefined): Dim[] | null {
   if (!shape) return null;
   return (shape.dim ?? []).map((d) => {
     if (d.dim_param !== undefined && d.dim_param !== null && d.dim_param !== '') return d.dim_param;
-    if (d.dim_value !== undefined && d.dim_value !== null && Object.hasOwn(d, 'dim_value')) return toNumber(d.dim_value);
+    if (d.dim_value !== undefined && d.dim_value !== null && Object.hasOwn(d, 'dim_value'))
+      return toNumber(d.dim_value);
     return null;
   });
 }
@@ -101,7 +102,11 @@ export function inspectModel(model: Model): ModelSummary {
     const k = dataTypeName(t.dtype);
     bytesByDtype[k] = (bytesByDtype[k] ?? 0) + t.byteLength;
     if (t.storage === 'external' && t.externalInfo) {
-      const e = external.get(t.externalInfo.location) ?? { location: t.externalInfo.location, tensors: 0, bytes: 0 };
+      const e = external.get(t.externalInfo.location) ?? {
+        location: t.externalInfo.location,
+        tensors: 0,
+        bytes: 0,
+      };
       e.tensors++;
       e.bytes += t.externalInfo.length;
       external.set(e.location, e);

@@ -118,7 +118,9 @@ export function graphFromProto(gp: GraphProto, opts: FromProtoOptions, path: str
   for (const tp of gp.initializer ?? []) {
     const t = tensorFromProto(tp, opts.readExternal, where(`initializer '${tp.name ?? ''}' of ${path}`));
     if (g.initializers.has(t.name)) {
-      throw new QnnxError('E_GRAPH', where(`${path} has two initializers named '${t.name}'`), { tensor: t.name });
+      throw new QnnxError('E_GRAPH', where(`${path} has two initializers named '${t.name}'`), {
+        tensor: t.name,
+      });
     }
     g.initializers.set(t.name, t);
   }
@@ -129,7 +131,14 @@ export function graphFromProto(gp: GraphProto, opts: FromProtoOptions, path: str
 }
 
 function nodeFromProto(np: NodeProto, opts: FromProtoOptions, path: string): Node {
-  const n = new Node(np.op_type ?? '', [...(np.input ?? [])], [...(np.output ?? [])], [], np.name ?? '', np.domain ?? '');
+  const n = new Node(
+    np.op_type ?? '',
+    [...(np.input ?? [])],
+    [...(np.output ?? [])],
+    [],
+    np.name ?? '',
+    np.domain ?? '',
+  );
   n.hasName = has(np, 'name');
   n.hasDomain = has(np, 'domain');
   if (has(np, 'overload')) n.overload = np.overload;
@@ -215,7 +224,9 @@ function attributeFromProto(a: AttributeProto, opts: FromProtoOptions, nodePath:
       attr.value = a.type_protos ?? [];
       break;
     default:
-      throw new QnnxError('E_ATTRIBUTE', `${where}: unknown attribute type ${String(a.type)}`, { field: name });
+      throw new QnnxError('E_ATTRIBUTE', `${where}: unknown attribute type ${String(a.type)}`, {
+        field: name,
+      });
   }
   return attr;
 }
@@ -226,7 +237,9 @@ export function modelToProto(model: Model, opts: ToProtoOptions = {}): ModelProt
   const m: ModelProto = {};
   m.ir_version = model.irVersion;
   m.opset_import = model.opsetImports.map((o) =>
-    o.hasDomain === false && o.domain === '' ? { version: o.version } : { domain: o.domain, version: o.version },
+    o.hasDomain === false && o.domain === ''
+      ? { version: o.version }
+      : { domain: o.domain, version: o.version },
   );
   if (model.producerName !== undefined) m.producer_name = model.producerName;
   if (model.producerVersion !== undefined) m.producer_version = model.producerVersion;
