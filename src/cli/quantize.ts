@@ -4,6 +4,11 @@ import type { Command } from 'commander';
 import { openDataSource } from '../data/index.js';
 import { QnnxError } from '../errors.js';
 import { loadModel, saveModel } from '../io/model-file.js';
+import type { Model } from '../ir/model.js';
+import { upgradeOpset } from '../ir/passes/index.js';
+import { exportDynamicInt8 } from '../quant/export/dynamic.js';
+import { convertToFloat16 } from '../quant/export/fp16.js';
+import { exportWeightOnly } from '../quant/export/matmulnbits.js';
 import { PRESETS, type PresetName } from '../quant/presets.js';
 import { type QuantizeOptions, quantizeModel } from '../quant/quantize.js';
 import { getTarget, parseTarget, TARGETS, type TargetProfile } from '../quant/sim/targets.js';
@@ -24,6 +29,7 @@ interface QuantizeCliOptions {
   include?: string[];
   samples?: string;
   inputName?: string;
+  weightOnly?: string | boolean;
   foldBn: boolean;
   json?: boolean;
 }
@@ -65,6 +71,10 @@ export function registerQuantize(
     .option('--include <nodes>', 'quantize only these nodes / op types / /regex/', collect)
     .option('--samples <n>', 'use at most n calibration samples')
     .option('--input-name <name>', 'model input the .npy samples feed (default: the first input)')
+    .option(
+      '--weight-only [form]',
+      'weight-only MatMul compression without calibration: matmulnbits (default) or blocked-dq; bits from --weights (default int4), block from --granularity block:N (default 32)',
+    )
     .option('--no-fold-bn', 'do not fold BatchNormalization before quantizing')
     .option('--json', 'print one JSON object; progress as JSON lines on stderr')
     .action((file: string, opts: QuantizeCliOptions) => run(() => quantizeCommand(file, opts)));
@@ -106,13 +116,15 @@ function loadTarget(spec: string): TargetProfile {
 }
 
 async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<void> {
-  if (!opts.calib) throw new QnnxError('E_USAGE', '--calib is required for calibrated presets');
   if (!(opts.preset in PRESETS)) {
     throw new QnnxError(
       'E_USAGE',
       `unknown preset '${opts.preset}' (known: ${Object.keys(PRESETS).join(', ')})`,
     );
   }
+  if (opts.weightOnly || opts.preset === 'int8-dynamic' || opts.preset === 'fp16')
+    return uncalibrated(file, opts);
+  if (!opts.calib) throw new QnnxError('E_USAGE', '--calib is required for calibrated presets');
   const limit = opts.samples === undefined ? undefined : Number(opts.samples);
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new QnnxError('E_USAGE', `--samples must be a positive integer, got '${opts.samples}'`);
@@ -192,6 +204,73 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
           r.skipped.length ? r.skipped.map((s) => s.node || s.opType).join(', ') : 'none excluded',
         ],
         ['time', `${seconds.toFixed(2)} s`],
+      ],
+      ['l', 'l'],
+    )}\n`,
+  );
+}
+
+/** Presets that need no calibration data: dynamic int8, fp16 and weight-only MatMul compression. */
+function uncalibrated(file: string, opts: QuantizeCliOptions): void {
+  const t0 = performance.now();
+  const bytesBefore = fs.statSync(file).size;
+  const model = loadModel(file);
+  let out: Model;
+  let detail: Record<string, unknown>;
+  if (opts.weightOnly) {
+    const form = opts.weightOnly === true ? 'matmulnbits' : opts.weightOnly;
+    if (form !== 'matmulnbits' && form !== 'blocked-dq') {
+      throw new QnnxError('E_USAGE', `--weight-only must be matmulnbits or blocked-dq, got '${form}'`);
+    }
+    const bits = opts.weights ? Number(/^u?int(\d+)$/.exec(opts.weights)?.[1]) : 4;
+    if (bits !== 4 && bits !== 8)
+      throw new QnnxError('E_USAGE', '--weight-only supports int4 and int8 weights');
+    const block = opts.granularity ? /^block:(\d+)$/.exec(opts.granularity)?.[1] : '32';
+    if (!block) throw new QnnxError('E_USAGE', '--weight-only takes --granularity block:N');
+    if (form === 'blocked-dq' && (model.opset('') ?? 0) < 21) upgradeOpset(model, 21);
+    const r = exportWeightOnly(model, { bits, blockSize: Number(block), form, exclude: opts.exclude });
+    out = r.model;
+    detail = {
+      preset: `weight-only-int${bits}`,
+      form,
+      blockSize: Number(block),
+      replaced: r.replaced,
+      skipped: r.skipped,
+    };
+  } else if (opts.preset === 'int8-dynamic') {
+    const r = exportDynamicInt8(model, { exclude: opts.exclude });
+    out = r.model;
+    detail = { preset: opts.preset, replaced: r.replaced };
+  } else {
+    const r = convertToFloat16(model, {});
+    out = r.model;
+    detail = { preset: opts.preset };
+  }
+  const saved = saveModel(out, opts.output, { externalData: 'keep' });
+  const bytesAfter = saved.bytes + saved.externalBytes;
+  const summary = {
+    input: file,
+    output: opts.output,
+    bytesBefore,
+    bytesAfter,
+    ...detail,
+    seconds: (performance.now() - t0) / 1000,
+  };
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    return;
+  }
+  process.stdout.write(
+    `${table(
+      ['', 'value'],
+      [
+        ['model', `${file} -> ${opts.output}`],
+        ['preset', String(detail.preset)],
+        [
+          'size',
+          `${bytes(bytesBefore)} -> ${bytes(bytesAfter)} (${((bytesAfter / bytesBefore) * 100).toFixed(1)}%)`,
+        ],
+        ['time', `${summary.seconds.toFixed(2)} s`],
       ],
       ['l', 'l'],
     )}\n`,

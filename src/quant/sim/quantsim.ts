@@ -62,7 +62,7 @@ export interface QuantSimOptions {
   weightOnly?: boolean;
 }
 
-function matcher(patterns: string[] | undefined): ((n: Node) => boolean) | undefined {
+export function matcher(patterns: string[] | undefined): ((n: Node) => boolean) | undefined {
   if (!patterns?.length) return undefined;
   const tests = patterns.map((p) => {
     if (p.length > 2 && p.startsWith('/') && p.lastIndexOf('/') > 0) {

@@ -1,0 +1,31 @@
+/**
+ * qnnx: the public API. Names follow the CLI: loadModel/saveModel, inspectModel, quantizeModel, compareModels.
+ * Browser code should import the portable modules (onnx/, ir/, quant/, runtime/portable) directly; this entry
+ * point also brings the Node-only file, data and worker layers.
+ */
+export * from './data/index.js';
+export { isQnnxError, QnnxError, type QnnxErrorCode } from './errors.js';
+export * from './eval/index.js';
+export { GraphBuilder, makeAttribute, tensorType, valueInfo } from './ir/builder.js';
+export { type Attribute, Graph, Node, type ValueInfo } from './ir/graph.js';
+export { inspectModel, type ModelSummary } from './ir/inspect.js';
+export { Model, modelFromProto, modelToProto } from './ir/model.js';
+export type { Pass, PassRecord } from './ir/pass.js';
+export * from './ir/passes/index.js';
+export { Tensor } from './ir/tensor.js';
+export { loadModel, modelToBytes, type SaveOptions, saveModel } from './io/model-file.js';
+export { decodeModelProto, encodeModelProto } from './onnx/codec.js';
+export { DataType, dataTypeName } from './onnx/dtype.js';
+export * from './onnx/formats.js';
+export * from './quant/analyzers/index.js';
+export { type Encoding, encodingFromRange } from './quant/encoding.js';
+export { exportQdq } from './quant/export/qdq.js';
+export { PRESETS, type PresetName } from './quant/presets.js';
+export { dequantize, fakeQuantize, quantize, sqnrDb } from './quant/quantizer.js';
+export { type QuantizeOptions, type QuantizeReport, quantizeModel } from './quant/quantize.js';
+export * from './quant/scheme.js';
+export { calibrate, calibrationPlan } from './quant/sim/calibrate.js';
+export { type Quantizer, QuantSim, type QuantSimOptions } from './quant/sim/quantsim.js';
+export { getTarget, parseTarget, TARGETS, type TargetProfile } from './quant/sim/targets.js';
+export * from './runtime/index.js';
+export type { HostTensor, TensorStorage } from './tensor.js';

@@ -1,0 +1,459 @@
+/**
+ * Weight-only export: MatMuls with a constant 2-D weight W [K, N] get 4- or 8-bit weights quantized in blocks of
+ * `blockSize` along K (one scale, and for asymmetric schemes one zero point, per block and output column), in
+ * one of two forms ONNX Runtime runs as the same kernel:
+ *
+ * - `'matmulnbits'`: ONNX Runtime's contrib op `com.microsoft.MatMulNBits(A, B, scales, zero_points?, g_idx?,
+ *   bias?)` directly. B is uint8 [N, ceil(K/bs), bs*bits/8]: for each output column n and block b the unsigned
+ *   codes of W[b*bs .. b*bs+bs-1, n], two per byte low nibble first for 4 bits; scales float [N*ceil(K/bs)]
+ *   (column-major: n*blocks + b); zero points omitted when every block has the implicit 2^(bits-1), else uint8
+ *   packed per column (4 bits: two per byte, each column starting on a byte). `accuracy_level` 4 quantizes the
+ *   activations to int8 per block inside the kernel (fast), 0 computes in float32 (exact up to summation order).
+ * - `'blocked-dq'`: standard ONNX (opset 21) `DequantizeLinear(W_q [K,N], scale [ceil(K/bs), N], zp?, axis 0,
+ *   block_size bs) -> MatMul`; ONNX Runtime fuses the pair into MatMulNBits at optimization level 'extended'
+ *   (its `session.qdq_matmulnbits_accuracy_level` config, default 4, sets the fused kernel's accuracy level).
+ *   Caveat (onnxruntime 1.30): with 2-D activations, ORT's MatMulAddFusion first turns MatMul + bias Add into
+ *   Gemm and the DequantizeLinear in front of it then stays unfused (DQ + float Gemm on every run); set
+ *   `optimization.disable_specified_optimizers: 'MatMulAddFusion'` or use the 'matmulnbits' form.
+ *
+ * Both dequantize exactly as ONNX DequantizeLinear does, w' = (q - zp) * scale in float32, so a float MatMul with
+ * `dequantizedWeight` (our simulation) is what the exported model computes. The input model is not modified.
+ */
+import { QnnxError } from '../../errors.js';
+import { GraphBuilder } from '../../ir/builder.js';
+import type { Graph, Node } from '../../ir/graph.js';
+import type { Model } from '../../ir/model.js';
+import { constantNodeTensor } from '../../ir/passes/shape-inference.js';
+import type { Tensor } from '../../ir/tensor.js';
+import { DataType } from '../../onnx/dtype.js';
+import { decodeToFloat32, packSubByte } from '../../onnx/formats.js';
+import { copyModelStructure } from '../../runtime/taps.js';
+import { type Encoding, encodingFromRange, groupRanges, scaleDimsFor } from '../encoding.js';
+import { dequantize, quantize } from '../quantizer.js';
+import { intRange, intScheme, type QuantScheme, storageType } from '../scheme.js';
+import type { QuantSim } from '../sim/quantsim.js';
+import { matcher } from '../sim/quantsim.js';
+
+export type WeightOnlyForm = 'matmulnbits' | 'blocked-dq';
+
+export interface WeightOnlyOptions {
+  /** Weight bits: 4 (default) or 8. */
+  bits?: 4 | 8;
+  /** Block length along K: a power of two ≥ 16 (default 32). */
+  blockSize?: number;
+  /** Symmetric (signed grid, zero point 0; default) or asymmetric (unsigned grid with per-block zero points). */
+  symmetric?: boolean;
+  /** Export form (default 'matmulnbits'). */
+  form?: WeightOnlyForm;
+  /** MatMulNBits `accuracy_level` (default 4: int8 activations inside the kernel; 0: float32 compute). */
+  accuracyLevel?: 0 | 1 | 2 | 3 | 4;
+  /** Node names, op types or /regex/ patterns (matched against the node name) to leave float. */
+  exclude?: string[];
+  /** 'matmulnbits' form: fold a following Add of a constant [N] into MatMulNBits' bias input (default true). */
+  fuseBias?: boolean;
+  /**
+   * Take the weight encodings from this QuantSim (its weight quantizers must be integer, 4 or 8 bits, blocked
+   * along axis 0 with a block size that MatMulNBits accepts). Weights it has no encoding for are computed here.
+   */
+  sim?: QuantSim;
+}
+
+export interface WeightOnlyLayer {
+  node: string;
+  weight: string;
+  K: number;
+  N: number;
+  /** SQNR of the dequantized weight against the float weight, in dB. */
+  weightSqnrDb: number;
+  biasFused: boolean;
+}
+
+export interface WeightOnlyResult {
+  model: Model;
+  /** MatMuls replaced. */
+  replaced: number;
+  /** Bytes of the float weights that were replaced. */
+  bytesBefore: number;
+  /** Bytes of what replaced them: packed weights, scales and zero points. */
+  bytesAfter: number;
+  layers: WeightOnlyLayer[];
+  /** MatMuls left float, with the reason. */
+  skipped: { node: string; reason: string }[];
+}
+
+/** A weight quantized in blocks along K: grid values, encoding and the dequantized weight (the simulation). */
+export interface BlockQuantizedWeight {
+  K: number;
+  N: number;
+  bits: number;
+  blockSize: number;
+  encoding: Encoding;
+  /** Grid values of W [K, N] (row-major) on the scheme's grid. */
+  q: Int32Array;
+  /** (q - zp) * scale in float32: what DequantizeLinear and MatMulNBits compute. */
+  dequantized: Float32Array;
+}
+
+/** The scheme used for weight-only blocks: signed symmetric, or unsigned asymmetric. */
+export function weightOnlyScheme(bits: number, blockSize: number, symmetric: boolean): QuantScheme {
+  return intScheme(bits, {
+    signed: symmetric,
+    symmetry: symmetric ? 'symmetric' : 'asymmetric',
+    granularity: { kind: 'block', axis: 0, size: blockSize },
+  });
+}
+
+function checkBlockSize(bs: number): void {
+  if (!Number.isInteger(bs) || bs < 16 || (bs & (bs - 1)) !== 0) {
+    throw new QnnxError('E_USAGE', `block size must be a power of two of at least 16, got ${bs}`);
+  }
+}
+
+/** Quantizes a float weight [K, N] in blocks along K (min/max per block), or with a given encoding. */
+export function quantizeWeightBlocks(
+  w: Float32Array,
+  K: number,
+  N: number,
+  options: { bits: number; blockSize: number; symmetric: boolean } | { encoding: Encoding },
+): BlockQuantizedWeight {
+  const dims = [K, N];
+  let encoding: Encoding;
+  if ('encoding' in options) encoding = options.encoding;
+  else {
+    checkBlockSize(options.blockSize);
+    const scheme = weightOnlyScheme(options.bits, options.blockSize, options.symmetric);
+    const { min, max } = groupRanges(w, dims, scheme.granularity);
+    encoding = encodingFromRange(scheme, min, max, scaleDimsFor(dims, scheme.granularity));
+  }
+  const g = encoding.scheme.granularity;
+  if (g.kind !== 'block' || (g.axis !== 0 && g.axis !== -2) || encoding.scheme.format !== 'int') {
+    throw new QnnxError('E_USAGE', 'weight-only export needs integer encodings blocked along axis 0 (K)');
+  }
+  const q = quantize(w, dims, encoding);
+  const dequantized = dequantize(q, dims, encoding);
+  return { K, N, bits: encoding.scheme.bits, blockSize: g.size, encoding, q, dequantized };
+}
+
+/** Unsigned MatMulNBits codes and zero points: signed grids are shifted by 2^(bits-1). */
+function unsignedCodes(bq: BlockQuantizedWeight): { codes: Int32Array; zp: Int32Array; implicitZp: boolean } {
+  const s = bq.encoding.scheme;
+  const shift = s.signed ? 2 ** (s.bits - 1) : 0;
+  const codes = new Int32Array(bq.q.length);
+  for (let i = 0; i < codes.length; i++) codes[i] = bq.q[i] + shift;
+  const zp = new Int32Array(bq.encoding.zeroPoint.length);
+  const implicit = 2 ** (bq.bits - 1);
+  let implicitZp = true;
+  for (let i = 0; i < zp.length; i++) {
+    zp[i] = bq.encoding.zeroPoint[i] + shift;
+    if (zp[i] !== implicit) implicitZp = false;
+  }
+  return { codes, zp, implicitZp };
+}
+
+/** MatMulNBits initializers for a block-quantized weight: B [N, blocks, bs*bits/8], scales, zero points. */
+export function packMatMulNBits(bq: BlockQuantizedWeight): {
+  B: Uint8Array;
+  bDims: number[];
+  scales: Float32Array;
+  zeroPoints?: Uint8Array;
+} {
+  const { K, N, bits, blockSize: bs } = bq;
+  if (bits !== 4 && bits !== 8)
+    throw new QnnxError('E_USAGE', `MatMulNBits export supports 4 or 8 bits, got ${bits}`);
+  const blocks = Math.ceil(K / bs);
+  const blob = (bs * bits) / 8;
+  const { codes, zp, implicitZp } = unsignedCodes(bq);
+  const B = new Uint8Array(N * blocks * blob);
+  const scales = new Float32Array(N * blocks);
+  for (let n = 0; n < N; n++) {
+    for (let b = 0; b < blocks; b++) {
+      const g = b * N + n; // index in the [blocks, N] scale tensor
+      scales[n * blocks + b] = bq.encoding.scale[g];
+      const base = (n * blocks + b) * blob;
+      for (let j = 0; j < bs; j++) {
+        const k = b * bs + j;
+        // Padding past K holds the zero point, so it dequantizes to 0.
+        const v = k < K ? codes[k * N + n] : zp[g];
+        if (bits === 8) B[base + j] = v;
+        else B[base + (j >> 1)] |= v << ((j & 1) * 4);
+      }
+    }
+  }
+  if (implicitZp) return { B, bDims: [N, blocks, blob], scales };
+  let zeroPoints: Uint8Array;
+  if (bits === 8) {
+    zeroPoints = new Uint8Array(N * blocks);
+    for (let n = 0; n < N; n++) for (let b = 0; b < blocks; b++) zeroPoints[n * blocks + b] = zp[b * N + n];
+  } else {
+    const row = Math.ceil(blocks / 2);
+    zeroPoints = new Uint8Array(N * row);
+    for (let n = 0; n < N; n++)
+      for (let b = 0; b < blocks; b++) zeroPoints[n * row + (b >> 1)] |= zp[b * N + n] << ((b & 1) * 4);
+  }
+  return { B, bDims: [N, blocks, blob], scales, zeroPoints };
+}
+
+/** A constant float tensor feeding `name`: an initializer or a Constant node's value. */
+export function constantInput(g: Graph, producers: Map<string, Node>, name: string): Tensor | undefined {
+  const init = g.initializer(name);
+  if (init) return init;
+  const p = producers.get(name);
+  if (p && p.opType === 'Constant' && (p.domain === '' || p.domain === 'ai.onnx'))
+    return constantNodeTensor(p);
+  return undefined;
+}
+
+function floatData(t: Tensor): Float32Array {
+  return t.dtype === DataType.FLOAT ? (t.data as Float32Array) : decodeToFloat32(t.dtype, t.data, t.size);
+}
+
+function storeGrid(values: Int32Array, dtype: DataType): Uint8Array | Int8Array {
+  if (dtype === DataType.INT4 || dtype === DataType.UINT4)
+    return packSubByte(values, 4, dtype === DataType.INT4);
+  return dtype === DataType.INT8 ? Int8Array.from(values) : Uint8Array.from(values);
+}
+
+function sqnr(x: Float32Array, y: Float32Array): number {
+  let s = 0;
+  let e = 0;
+  for (let i = 0; i < x.length; i++) {
+    s += x[i] * x[i];
+    e += (x[i] - y[i]) ** 2;
+  }
+  return e === 0 ? Number.POSITIVE_INFINITY : 10 * Math.log10(s / e);
+}
+
+/** Encoding for a weight from a QuantSim, when it has a usable one. */
+function simEncoding(sim: QuantSim | undefined, weight: string): Encoding | undefined {
+  const q = sim?.quantizers.get(weight);
+  if (!q?.enabled || !q.encoding || q.kind !== 'weight') return undefined;
+  const s = q.encoding.scheme;
+  const g = s.granularity;
+  if (
+    s.format !== 'int' ||
+    (s.bits !== 4 && s.bits !== 8) ||
+    g.kind !== 'block' ||
+    (g.axis !== 0 && g.axis !== -2)
+  )
+    return undefined;
+  const { qmin } = intRange(s.bits, s.signed, s.narrow);
+  if (!s.signed && qmin !== 0) return undefined;
+  return q.encoding;
+}
+
+/**
+ * Replaces MatMuls with constant 2-D float weights by weight-only quantized MatMulNBits (or blocked
+ * DequantizeLinear → MatMul). Returns a new model; the input is not modified.
+ */
+export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {}): WeightOnlyResult {
+  const bits = options.bits ?? 4;
+  const bs = options.blockSize ?? 32;
+  const symmetric = options.symmetric ?? true;
+  const form = options.form ?? 'matmulnbits';
+  const accuracyLevel = options.accuracyLevel ?? 4;
+  const fuseBias = options.fuseBias ?? true;
+  if (bits !== 4 && bits !== 8)
+    throw new QnnxError('E_USAGE', `weight-only export supports 4 or 8 bits, got ${bits}`);
+  checkBlockSize(bs);
+  if (![0, 1, 2, 3, 4].includes(accuracyLevel))
+    throw new QnnxError('E_USAGE', `accuracy_level must be 0 to 4, got ${accuracyLevel}`);
+  if (form !== 'matmulnbits' && form !== 'blocked-dq')
+    throw new QnnxError('E_USAGE', `unknown weight-only form '${form}' (matmulnbits, blocked-dq)`);
+  if (form === 'blocked-dq' && (source.opset('') ?? 0) < 21) {
+    throw new QnnxError(
+      'E_OPSET',
+      `blocked DequantizeLinear needs opset 21; the model is at opset ${source.opset('') ?? 0} (upgrade it first)`,
+    );
+  }
+
+  const model = copyModelStructure(source);
+  const g = model.graph;
+  const b = new GraphBuilder(g);
+  const excluded = matcher(options.exclude) ?? (() => false);
+  const producers = g.producers();
+  const consumers = g.consumers();
+  const graphOutputs = new Set(g.outputs.map((o) => o.name));
+  const graphInputs = new Set(g.inputs.map((o) => o.name));
+  const layers: WeightOnlyLayer[] = [];
+  const skipped: { node: string; reason: string }[] = [];
+  const removed = new Set<Node>();
+  const replacedConstants = new Set<string>();
+  const shared = new Map<string, { bq: BlockQuantizedWeight; inputs: string[] }>();
+  let bytesBefore = 0;
+  let bytesAfter = 0;
+
+  for (const n of [...g.nodes]) {
+    if (n.opType !== 'MatMul' || (n.domain !== '' && n.domain !== 'ai.onnx')) continue;
+    const label = n.name || n.outputs[0];
+    if (excluded(n)) {
+      skipped.push({ node: label, reason: 'excluded' });
+      continue;
+    }
+    const wName = n.inputs[1];
+    const w = wName && !graphInputs.has(wName) ? constantInput(g, producers, wName) : undefined;
+    if (!w) {
+      skipped.push({ node: label, reason: 'weight is not a constant' });
+      continue;
+    }
+    if (w.dtype !== DataType.FLOAT || w.dims.length !== 2) {
+      skipped.push({
+        node: label,
+        reason: `weight is not a 2-D float32 tensor (dims [${w.dims.join(', ')}])`,
+      });
+      continue;
+    }
+    const [K, N] = w.dims;
+    const wf = floatData(w);
+    // A weight shared by several MatMuls is quantized and stored once.
+    let entry = shared.get(wName);
+    if (!entry) {
+      const enc = simEncoding(options.sim, wName);
+      const bq = enc
+        ? quantizeWeightBlocks(wf, K, N, { encoding: enc })
+        : quantizeWeightBlocks(wf, K, N, { bits, blockSize: bs, symmetric });
+      if (enc) checkBlockSize(bq.blockSize);
+      entry = { bq, inputs: [] };
+      shared.set(wName, entry);
+      bytesBefore += w.byteLength;
+      replacedConstants.add(wName);
+    }
+    const bq = entry.bq;
+
+    // A following Add of a constant [N] becomes MatMulNBits' bias.
+    let biasName: string | undefined;
+    let addNode: Node | undefined;
+    const out = n.outputs[0];
+    const cs = consumers.get(out) ?? [];
+    if (
+      form === 'matmulnbits' &&
+      fuseBias &&
+      cs.length === 1 &&
+      !graphOutputs.has(out) &&
+      cs[0].opType === 'Add'
+    ) {
+      const add = cs[0];
+      const other = add.inputs[0] === out ? add.inputs[1] : add.inputs[0];
+      const bt = other && add.inputs.includes(out) ? constantInput(g, producers, other) : undefined;
+      if (
+        bt &&
+        bt.dtype === DataType.FLOAT &&
+        bt.dims.length === 1 &&
+        bt.dims[0] === N &&
+        (add.domain === '' || add.domain === 'ai.onnx')
+      ) {
+        addNode = add;
+        replacedConstants.add(other);
+        biasName = g.initializer(other)
+          ? other
+          : b.initializer(`${other}_bias`, DataType.FLOAT, [N], floatData(bt));
+      }
+    }
+
+    const base = wName.replace(/[^A-Za-z0-9_.]/g, '_');
+    if (form === 'matmulnbits') {
+      if (!entry.inputs.length) {
+        const packed = packMatMulNBits(bq);
+        entry.inputs.push(
+          b.initializer(`${base}_Q${bq.bits}`, DataType.UINT8, packed.bDims, packed.B),
+          b.initializer(`${base}_scales`, DataType.FLOAT, [packed.scales.length], packed.scales),
+        );
+        bytesAfter += packed.B.length + packed.scales.byteLength;
+        if (packed.zeroPoints) {
+          entry.inputs.push(
+            b.initializer(
+              `${base}_zero_points`,
+              DataType.UINT8,
+              [packed.zeroPoints.length],
+              packed.zeroPoints,
+            ),
+          );
+          bytesAfter += packed.zeroPoints.length;
+        }
+      }
+      const inputs = [n.inputs[0], ...entry.inputs];
+      if (biasName) {
+        while (inputs.length < 5) inputs.push('');
+        inputs.push(biasName);
+      }
+      b.node('MatMulNBits', inputs, {
+        outputs: [addNode ? addNode.outputs[0] : out],
+        name: `${n.name || base}_MatMulNBits`,
+        domain: 'com.microsoft',
+        attrs: { K, N, bits: bq.bits, block_size: bq.blockSize, accuracy_level: accuracyLevel },
+      });
+      removed.add(n);
+      if (addNode) removed.add(addNode);
+    } else {
+      if (!entry.inputs.length) {
+        const dtype = storageType(bq.encoding.scheme);
+        const qName = b.initializer(`${base}_quantized`, dtype, [K, N], storeGrid(bq.q, dtype));
+        const sDims = [...bq.encoding.scaleDims];
+        const dqInputs = [
+          qName,
+          b.initializer(`${base}_scale`, DataType.FLOAT, sDims, Float32Array.from(bq.encoding.scale)),
+        ];
+        bytesAfter += g.initializer(qName)!.byteLength + bq.encoding.scale.length * 4;
+        if (bq.encoding.zeroPoint.some((z) => z !== 0)) {
+          const zp = b.initializer(
+            `${base}_zero_point`,
+            dtype,
+            sDims,
+            storeGrid(bq.encoding.zeroPoint, dtype),
+          );
+          dqInputs.push(zp);
+          bytesAfter += g.initializer(zp)!.byteLength;
+        }
+        const dqOut = b.uniqueName(`${base}_dequantized`);
+        b.node('DequantizeLinear', dqInputs, {
+          outputs: [dqOut],
+          name: `${base}_DequantizeLinear`,
+          attrs: { axis: 0, block_size: bq.blockSize },
+        });
+        entry.inputs.push(dqOut);
+      }
+      n.inputs = [n.inputs[0], entry.inputs[0]];
+    }
+    layers.push({
+      node: label,
+      weight: wName,
+      K,
+      N,
+      weightSqnrDb: sqnr(wf, bq.dequantized),
+      biasFused: addNode !== undefined,
+    });
+  }
+
+  g.nodes = g.nodes.filter((n) => !removed.has(n));
+  if (form === 'matmulnbits' && layers.length && model.opset('com.microsoft') === undefined)
+    model.opsetImports.push({ domain: 'com.microsoft', version: 1 });
+  dropUnused(g, replacedConstants);
+  g.sort();
+  return { model, replaced: layers.length, bytesBefore, bytesAfter, layers, skipped };
+}
+
+/** Drops the replaced weights (initializers or Constant nodes) that nothing reads any more. */
+function dropUnused(g: Graph, names: Set<string>): void {
+  const used = new Set<string>();
+  for (const n of g.nodes) for (const i of n.inputs) used.add(i);
+  for (const sub of g.nodes.flatMap((n) => n.subgraphs()))
+    for (const n of sub.allNodes()) for (const i of n.inputs) used.add(i);
+  for (const o of g.outputs) used.add(o.name);
+  for (const v of g.inputs) used.add(v.name);
+  const dead = new Set([...names].filter((n) => !used.has(n)));
+  for (const name of dead) g.initializers.delete(name);
+  g.nodes = g.nodes.filter((n) => n.opType !== 'Constant' || !dead.has(n.outputs[0]));
+}
+
+/** The dequantized weight [K, N] the exported model computes with (for simulations and tests). */
+export function dequantizedWeight(
+  w: Float32Array,
+  K: number,
+  N: number,
+  options: WeightOnlyOptions = {},
+): Float32Array {
+  return quantizeWeightBlocks(w, K, N, {
+    bits: options.bits ?? 4,
+    blockSize: options.blockSize ?? 32,
+    symmetric: options.symmetric ?? true,
+  }).dequantized;
+}
