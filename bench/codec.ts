@@ -13,10 +13,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { table } from '../src/cli/format.js';
+import { loadModel, saveModel } from '../src/io/model-file.js';
 import { GraphBuilder, valueInfo } from '../src/ir/builder.js';
 import { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
-import { loadModel, saveModel } from '../src/io/model-file.js';
 import { DataType } from '../src/onnx/dtype.js';
 
 const self = fileURLToPath(import.meta.url);
@@ -96,7 +96,10 @@ function dropCaches(): boolean {
 }
 
 function child(args: string[]): Record<string, number> {
-  const out = execFileSync(process.execPath, [self, '--child', ...args], { encoding: 'utf8', maxBuffer: 1 << 20 });
+  const out = execFileSync(process.execPath, [self, '--child', ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 20,
+  });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
@@ -144,7 +147,9 @@ if (process.argv.includes('--child')) {
       ['write (encode)', mb(write.bps), mb(encodeBps), (encodeBps / write.bps).toFixed(2), '>= 0.50'],
     ];
     const model = (size / 2 ** 30).toFixed(2);
-    console.log(`\nmodel: ${count} tensors, ${model} GiB external data; page cache ${cold ? 'dropped' : 'warm (could not drop)'}`);
+    console.log(
+      `\nmodel: ${count} tensors, ${model} GiB external data; page cache ${cold ? 'dropped' : 'warm (could not drop)'}`,
+    );
     console.log(table(['phase', 'raw MiB/s', 'qnnx MiB/s', 'ratio', 'target'], rows));
     console.log(
       `\npeak RSS of decode+encode: ${(c.rss / 2 ** 30).toFixed(2)} GiB = ${(c.rss / size).toFixed(2)}x model size (target <= 1.30)`,

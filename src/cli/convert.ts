@@ -77,6 +77,17 @@ function convert(file: string, opts: ConvertOptions): void {
     `wrote ${opts.output} (${bytes(saved.bytes)}${saved.externalFile ? ` + ${bytes(saved.externalBytes)} external data in ${saved.externalFile}` : ''})`,
     `  nodes ${count(nodesBefore)} -> ${count(result.nodes.after)}; opset ${opsetBefore} -> ${result.opset.after}`,
   ];
-  for (const r of records) lines.push(`  ${r.pass}: ${r.changed ? JSON.stringify(r.details) : 'no change'}`);
+  for (const r of records) lines.push(`  ${r.pass}: ${r.changed ? summarizeDetails(r.details) : 'no change'}`);
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** One line per pass: scalar details as they are, lists as their length (the full record is in --json). */
+function summarizeDetails(details: Record<string, unknown>): string {
+  return Object.entries(details)
+    .map(([k, v]) => {
+      if (Array.isArray(v)) return `${k} ${v.length}`;
+      if (v && typeof v === 'object') return `${k} ${JSON.stringify(v)}`;
+      return `${k} ${String(v)}`;
+    })
+    .join(', ');
 }
