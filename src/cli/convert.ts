@@ -77,7 +77,8 @@ function convert(file: string, opts: ConvertOptions): void {
     `wrote ${opts.output} (${bytes(saved.bytes)}${saved.externalFile ? ` + ${bytes(saved.externalBytes)} external data in ${saved.externalFile}` : ''})`,
     `  nodes ${count(nodesBefore)} -> ${count(result.nodes.after)}; opset ${opsetBefore} -> ${result.opset.after}`,
   ];
-  for (const r of records) lines.push(`  ${r.pass}: ${r.changed ? summarizeDetails(r.details) : 'no change'}`);
+  for (const r of records)
+    lines.push(`  ${r.pass}: ${r.changed ? summarizeDetails(r.details) : 'no change'}`);
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
