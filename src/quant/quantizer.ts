@@ -31,7 +31,7 @@ export function quantize(x: ArrayLike<number>, dims: readonly number[], enc: Enc
       const g = index(i);
       const zp = zps[g];
       let v = f32(x[i] / scale[g]);
-      if (v !== v) v = qmin - zp;
+      if (Number.isNaN(v)) v = qmin - zp;
       else if (v < qmin - zp) v = qmin - zp;
       else if (v > qmax - zp) v = qmax - zp;
       out[i] = roundHalfEven(v) + zp;

@@ -12,7 +12,6 @@ import { QnnxError } from '../../errors.js';
 import { GraphBuilder } from '../../ir/builder.js';
 import type { Graph, Node } from '../../ir/graph.js';
 import type { Model } from '../../ir/model.js';
-import { constantNodeTensor } from '../../ir/passes/shape-inference.js';
 import type { Tensor } from '../../ir/tensor.js';
 import { DataType } from '../../onnx/dtype.js';
 import { decodeToFloat32 } from '../../onnx/formats.js';
