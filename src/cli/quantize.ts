@@ -50,8 +50,8 @@ export function registerQuantize(
       'calibration data: a directory or glob of .npy (one sample each), .npz, images, .wav',
     )
     .option('--preset <name>', `${Object.keys(PRESETS).join('|')}`, 'w8a8')
-    .option('--weights <type>', 'weight type override: int8, int4, int16, fp8')
-    .option('--activations <type>', 'activation type override: uint8, int8, uint16, int16, fp8')
+    .option('--weights <type>', 'weight type override: int8, int4, int16 (float8: --preset fp8)')
+    .option('--activations <type>', 'activation type override: uint8, int8, uint16, int16 (float8: --preset fp8)')
     .option('--granularity <g>', 'weight granularity: tensor, channel, block:N, vector:N[:M]')
     .option(
       '--range <method>',

@@ -26,6 +26,7 @@ export function requiredOpset(sim: QuantSim): number {
     const s = q.scheme;
     if (s.granularity.kind === 'block' || s.granularity.kind === 'vector') need = Math.max(need, 21);
     if (s.format === 'int' && q.kind !== 'bias' && (s.bits < 8 || s.bits > 8)) need = Math.max(need, 21);
+    if (s.format === 'int' && q.kind !== 'bias' && s.bits <= 2) need = Math.max(need, 25);
     if (s.format.startsWith('float8')) need = Math.max(need, 19);
   }
   return need;
