@@ -122,9 +122,10 @@ export function inspectModel(model: Model): ModelSummary {
       nodes++;
       const k = opKey(n.domain, n.opType);
       opCounts[k] = (opCounts[k] ?? 0) + 1;
-      for (const a of n.attributes) {
-        if (a.type === AttributeType.TENSOR && a.value) countTensor(a.value as Tensor);
-        if (a.type === AttributeType.TENSORS && a.value) (a.value as Tensor[]).forEach(countTensor);
+      // Constant nodes hold parameters too (exporters often put weights there); other tensor attributes, such
+      // as ConstantOfShape's fill value, are not parameters.
+      if (n.opType === 'Constant' && (n.domain === '' || n.domain === 'ai.onnx')) {
+        for (const a of n.attributes) if (a.type === AttributeType.TENSOR && a.value) countTensor(a.value as Tensor);
       }
     }
   }

@@ -11,6 +11,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import onnxProto from 'onnx-proto';
 import { loadModel, modelToBytes } from '../../src/io/model-file.js';
+import { inspectModel } from '../../src/ir/inspect.js';
 import { decodeModelProto } from '../../src/onnx/codec.js';
 import type { AttributeProto, GraphProto, TensorProto } from '../../src/onnx/proto.js';
 import {
@@ -331,6 +332,20 @@ function checkCensus(file: string): void {
   for (const g of model.graph.allGraphs())
     for (const t of g.initializers.values()) irInits.push(`${t.name}:${t.dims.join('x')}`);
   assert.deepEqual(irInits.sort(), [...ours.initializers].sort(), `${file}: IR initializers differ`);
+
+  // `qnnx inspect` reports the same census.
+  const summary = inspectModel(model);
+  assert.deepEqual(
+    Object.entries(summary.opCounts).sort(),
+    [...ours.ops].sort(),
+    `${file}: inspect opCounts`,
+  );
+  assert.equal(summary.parameters, ours.params, `${file}: inspect parameters`);
+  assert.equal(
+    summary.nodes,
+    [...ours.ops.values()].reduce((a, b) => a + b, 0),
+    `${file}: inspect nodes`,
+  );
 
   // And the survey's python-onnx census.
   const exp = EXPECTED[file];
