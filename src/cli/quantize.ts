@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { openDataSource } from '../data/index.js';
-import { QnnxError } from '../errors.js';
+import { isQnnxError, QnnxError } from '../errors.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
 import { upgradeOpset } from '../ir/passes/index.js';
@@ -51,7 +51,10 @@ export function registerQuantize(
     )
     .option('--preset <name>', `${Object.keys(PRESETS).join('|')}`, 'w8a8')
     .option('--weights <type>', 'weight type override: int8, int4, int16 (float8: --preset fp8)')
-    .option('--activations <type>', 'activation type override: uint8, int8, uint16, int16 (float8: --preset fp8)')
+    .option(
+      '--activations <type>',
+      'activation type override: uint8, int8, uint16, int16 (float8: --preset fp8)',
+    )
     .option('--granularity <g>', 'weight granularity: tensor, channel, block:N, vector:N[:M]')
     .option(
       '--range <method>',
@@ -134,8 +137,8 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   }
   const target = loadTarget(opts.target ?? 'ort-cpu');
   const t0 = performance.now();
-  const bytesBefore = fs.statSync(file).size;
   const model = loadModel(file);
+  const bytesBefore = fs.statSync(file).size;
   const inputName = opts.inputName ?? model.graph.inputs.find((v) => !model.graph.initializer(v.name))?.name;
   if (!inputName) throw new QnnxError('E_USAGE', `${file}: the model has no inputs`, { file });
   const data = await openDataSource(opts.calib, { inputName, limit });
@@ -161,6 +164,20 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
       options,
       data.size,
     );
+  } catch (e) {
+    // Name the calibration file a failing sample came from, and the model when nothing can be quantized.
+    if (isQnnxError(e) && typeof e.context.sample === 'number' && data.kind !== 'idx') {
+      const sampleFile = data.files[e.context.sample];
+      if (sampleFile)
+        throw new QnnxError(
+          e.code,
+          `${sampleFile}: ${e.message}`,
+          { ...e.context, file: sampleFile },
+          { cause: e },
+        );
+    }
+    if (isQnnxError(e) && e.context.reason === 'nothing-to-quantize') throw e.withFile(file);
+    throw e;
   } finally {
     progress.stop();
   }
@@ -213,8 +230,8 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
 /** Presets that need no calibration data: dynamic int8, fp16 and weight-only MatMul compression. */
 function uncalibrated(file: string, opts: QuantizeCliOptions): void {
   const t0 = performance.now();
-  const bytesBefore = fs.statSync(file).size;
   const model = loadModel(file);
+  const bytesBefore = fs.statSync(file).size;
   let out: Model;
   let detail: Record<string, unknown>;
   if (opts.weightOnly) {

@@ -118,9 +118,11 @@ export async function quantizeModel(
   const passes = prepareModel(model, requiredOpset(probe), options.foldBatchNorm ?? true);
   const sim = buildSim(model, options);
   if (sim.quantizers.size === 0) {
+    const ops = [...new Set(model.graph.nodes.map((n) => n.opType))].join(', ');
     throw new QnnxError(
       'E_USAGE',
-      'the model has no quantizable ops for this target (nothing would be quantized)',
+      `the model has no quantizable ops for target '${sim.target.name}' (its ops: ${ops}); nothing would be quantized`,
+      { reason: 'nothing-to-quantize' },
     );
   }
   sim.computeParameterEncodings();

@@ -19,7 +19,7 @@ import { isQnnxError, QnnxError, type QnnxErrorContext } from '../errors.js';
 import type { ValueInfo } from '../ir/graph.js';
 import { Model, modelFromProto, modelToProto } from '../ir/model.js';
 import { decodeModelProto, encodeModelProto } from '../onnx/codec.js';
-import { type DataType, dataTypeName, isKnownDataType } from '../onnx/dtype.js';
+import { DataType, dataTypeName, isKnownDataType } from '../onnx/dtype.js';
 import { has, toNumber } from '../onnx/proto.js';
 import type { HostTensor } from '../tensor.js';
 import {
@@ -238,8 +238,32 @@ export class Session implements Runner {
       throw e;
     }
     let ort: OrtSessionLike;
+    let opts = options;
+    // ONNX Runtime 1.30 mis-handles float8 QDQ above level 'basic': it fuses float8 Q/DQ into QLinearConv (session
+    // creation fails), or with QDQ fusion disabled removes the Relu before a float8 Q (silently wrong outputs).
+    if (
+      ir &&
+      (options.graphOptimizationLevel ?? 'all') !== 'basic' &&
+      options.graphOptimizationLevel !== 'disabled'
+    ) {
+      if (hasFloat8Qdq(ir)) opts = { ...options, graphOptimizationLevel: 'basic' };
+    }
     try {
-      ort = await backend.InferenceSession.create(load, ortSessionOptions(options));
+      try {
+        ort = await backend.InferenceSession.create(load, ortSessionOptions(opts));
+      } catch (first) {
+        if (ir || opts.graphOptimizationLevel === 'basic' || opts.graphOptimizationLevel === 'disabled')
+          throw first;
+        const probe =
+          typeof source === 'string'
+            ? await loadModelFile(source)
+            : modelFromProto(decodeModelProto(source as Uint8Array, name));
+        if (!hasFloat8Qdq(probe)) throw first;
+        ort = await backend.InferenceSession.create(
+          load,
+          ortSessionOptions({ ...opts, graphOptimizationLevel: 'basic' }),
+        );
+      }
     } catch (e) {
       throw new QnnxError(
         'E_RUNTIME',
@@ -410,4 +434,26 @@ export function ortSessionOptions(o: SerializableSessionOptions): Record<string,
   if (o.enableProfiling !== undefined) out.enableProfiling = o.enableProfiling;
   if (o.profileFilePrefix !== undefined) out.profileFilePrefix = o.profileFilePrefix;
   return out;
+}
+
+/** Whether a model quantizes to a float8 type anywhere (QuantizeLinear/DequantizeLinear with float8 zero points). */
+export function hasFloat8Qdq(model: Model): boolean {
+  const fp8 = new Set([
+    DataType.FLOAT8E4M3FN,
+    DataType.FLOAT8E4M3FNUZ,
+    DataType.FLOAT8E5M2,
+    DataType.FLOAT8E5M2FNUZ,
+  ]);
+  for (const g of model.graph.allGraphs()) {
+    for (const n of g.nodes) {
+      if (n.opType !== 'QuantizeLinear' && n.opType !== 'DequantizeLinear') continue;
+      const zp = n.inputs[2] ? g.initializer(n.inputs[2]) : undefined;
+      if (zp && fp8.has(zp.dtype)) return true;
+      if (n.opType === 'QuantizeLinear') {
+        const to = n.attrInt('output_dtype');
+        if (to !== undefined && fp8.has(to)) return true;
+      }
+    }
+  }
+  return false;
 }

@@ -705,7 +705,7 @@ const reduce: Handler = (c) => {
   const { axes, known } = reduceAxes(c);
   if (!known) return [{ elemType, shape: keep ? x.map(() => null) : undefined }];
   if (!axes || axes.length === 0) {
-    if (c.int('noop_with_empty_axes', 0) === 1 && axes) return [{ elemType, shape: x }];
+    if (c.int('noop_with_empty_axes', 0) === 1) return [{ elemType, shape: x }];
     return [{ elemType, shape: keep ? x.map(() => 1) : [] }];
   }
   const set = new Set(axes.map((a) => normAxis(a, x.length)));
@@ -1398,6 +1398,9 @@ function inferGraph(
     const ctx = new Ctx(node, env, opset);
     if (isDefault && (node.opType === 'If' || node.opType === 'Loop' || node.opType === 'Scan')) {
       outs = controlFlow(ctx, opset, table, inputShapes);
+    } else if (node.domain === 'qnnx' && node.opType === 'FakeQuant') {
+      // qnnx's training-time fake quantizer (src/train/fake-quant.ts): same type and shape as its input.
+      outs = identity(ctx);
     } else {
       const h = isDefault && Object.hasOwn(HANDLERS, node.opType) ? HANDLERS[node.opType] : undefined;
       if (h) {

@@ -26,7 +26,10 @@ import { DEFAULT_BINS, HistogramStore } from './store.js';
  * the observed max). A histogram with no more than `levels` bins is not clipped.
  */
 export function entropyThreshold(m: MagnitudeBins, levels: number): { threshold: number; bin: number } {
-  const h = m.counts;
+  // As pytorch-quantization's _compute_amax_entropy: the first bin takes the second's count, so a spike at zero
+  // (every ReLU output) does not dominate the KL search.
+  const h = Float64Array.from(m.counts);
+  if (h.length > 1) h[0] = h[1];
   const len = h.length;
   if (len <= levels) return { threshold: m.max, bin: len };
   const cum = new Float64Array(len + 1);

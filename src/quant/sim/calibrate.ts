@@ -7,7 +7,7 @@
  * - histogram methods (percentile, MSE, OCTAV, entropy): the activations are tapped as graph outputs and the
  *   analyzers stream them into fixed-size histograms, so memory stays flat however many samples are fed.
  */
-import { QnnxError } from '../../errors.js';
+import { isQnnxError, QnnxError } from '../../errors.js';
 import { GraphBuilder } from '../../ir/builder.js';
 import type { Model } from '../../ir/model.js';
 import { DataType } from '../../onnx/dtype.js';
@@ -106,7 +106,20 @@ export async function calibrate(
   let n = 0;
   for await (const feeds of samples as AsyncIterable<Feeds>) {
     if (options.limit !== undefined && n >= options.limit) break;
-    const out = await runner.run(feeds, wanted);
+    let out: Record<string, HostTensor>;
+    try {
+      out = await runner.run(feeds, wanted);
+    } catch (e) {
+      if (isQnnxError(e)) {
+        throw new QnnxError(
+          e.code,
+          `calibration sample ${n}: ${e.message}`,
+          { ...e.context, sample: n },
+          { cause: e },
+        );
+      }
+      throw e;
+    }
     for (const t of tensors) {
       const a = analyzers.get(t)!;
       if (plan.fromFeeds.includes(t)) {

@@ -65,10 +65,19 @@ export interface QuantSimOptions {
 export function matcher(patterns: string[] | undefined): ((n: Node) => boolean) | undefined {
   if (!patterns?.length) return undefined;
   const tests = patterns.map((p) => {
-    if (p.length > 2 && p.startsWith('/') && p.lastIndexOf('/') > 0) {
-      const end = p.lastIndexOf('/');
-      const re = new RegExp(p.slice(1, end), p.slice(end + 1));
-      return (n: Node) => re.test(n.name);
+    // `/regex/flags`, unless it only looks like one: PyTorch names such as `/features/features.4/Conv` are names.
+    const end = p.lastIndexOf('/');
+    if (p.length > 2 && p.startsWith('/') && end > 0 && /^[dimsuy]*$/.test(p.slice(end + 1))) {
+      let re: RegExp | undefined;
+      try {
+        re = new RegExp(p.slice(1, end), p.slice(end + 1));
+      } catch {
+        re = undefined;
+      }
+      if (re) {
+        const r = re;
+        return (n: Node) => n.name === p || r.test(n.name);
+      }
     }
     return (n: Node) => n.name === p || n.opType === p;
   });
