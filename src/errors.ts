@@ -15,6 +15,8 @@ export type QnnxErrorCode =
   | 'E_SHAPE' // shapes that cannot be inferred or do not agree
   | 'E_OPSET' // an opset conversion that cannot be done
   | 'E_RUNTIME' // ONNX Runtime refused the model or a run failed
+  | 'E_GRADIENT' // an op on the path to the loss has no gradient rule, or its attributes are unsupported
+  | 'E_TRAIN' // training failed (NaN loss, labels out of range, a bad checkpoint)
   | 'E_DATA' // a data file (npy, npz, idx, image, wav) is invalid
   | 'E_USAGE'; // bad command-line usage or API arguments
 

@@ -19,7 +19,12 @@ export { DataType, dataTypeName } from './onnx/dtype.js';
 export * from './onnx/formats.js';
 export * from './quant/analyzers/index.js';
 export { type Encoding, encodingFromRange } from './quant/encoding.js';
-export { aimetEncodingsJson, applyEncodings, exportAimetEncodings, parseAimetEncodings } from './quant/export/aimet.js';
+export {
+  aimetEncodingsJson,
+  applyEncodings,
+  exportAimetEncodings,
+  parseAimetEncodings,
+} from './quant/export/aimet.js';
 export { exportDynamicInt8 } from './quant/export/dynamic.js';
 export { convertToFloat16 } from './quant/export/fp16.js';
 export { exportWeightOnly } from './quant/export/matmulnbits.js';

@@ -125,7 +125,8 @@ export function inspectModel(model: Model): ModelSummary {
       // Constant nodes hold parameters too (exporters often put weights there); other tensor attributes, such
       // as ConstantOfShape's fill value, are not parameters.
       if (n.opType === 'Constant' && (n.domain === '' || n.domain === 'ai.onnx')) {
-        for (const a of n.attributes) if (a.type === AttributeType.TENSOR && a.value) countTensor(a.value as Tensor);
+        for (const a of n.attributes)
+          if (a.type === AttributeType.TENSOR && a.value) countTensor(a.value as Tensor);
       }
     }
   }

@@ -1,0 +1,68 @@
+/**
+ * The model builder: layers → an ONNX inference model (opset 18) with PyTorch-style initial weights, from
+ * TypeScript (`sequential(inputShape, [conv2d(...), relu(), ...])`) or from a JSON builder spec.
+ */
+export { INIT_SCHEMES, type InitScheme, initValues, type ParamRole, torchDefaultBound } from './init.js';
+export {
+  type AttentionOptions,
+  type AvgPoolOptions,
+  attention,
+  avgPool,
+  type BatchNormOptions,
+  batchNorm,
+  type Conv2dOptions,
+  conv2d,
+  type DenseOptions,
+  type DropoutOptions,
+  dense,
+  dropout,
+  type EmbeddingOptions,
+  embedding,
+  flatten,
+  type GeluOptions,
+  type GlobalAvgPoolOptions,
+  gelu,
+  globalAvgPool,
+  hardSwish,
+  LAYERS,
+  type LayerNormOptions,
+  type LayerSpec,
+  type LayerSummary,
+  type LayerType,
+  type LeakyReluOptions,
+  layerHelp,
+  layerNorm,
+  leakyRelu,
+  maxPool,
+  type Padding,
+  type Pair,
+  type ParamInfo,
+  type PoolOptions,
+  type PositionEmbeddingOptions,
+  positionEmbedding,
+  type ReshapeOptions,
+  type ResidualOptions,
+  relu,
+  reshape,
+  residual,
+  sigmoid,
+  type TransposeOptions,
+  tanh,
+  transpose,
+} from './layers.js';
+export { Rng, streamSeed } from './prng.js';
+export {
+  BUILDER_OPSET,
+  type BuiltModel,
+  checkLayer,
+  type SequentialOptions,
+  sequential,
+} from './sequential.js';
+export {
+  type BuilderSpec,
+  builderSpecHelp,
+  buildFromSpec,
+  FASHION_MNIST_SPEC,
+  parseBuilderSpec,
+  parseBuilderSpecText,
+} from './spec.js';
