@@ -17,6 +17,7 @@ import { table } from '../src/cli/format.js';
 import { isQnnxError } from '../src/errors.js';
 import { modelFromFileProto, modelToBytes } from '../src/io/model-file.js';
 import { decodeModelProto } from '../src/onnx/codec.js';
+import { mulberry32 as prng } from '../src/random.js';
 
 /** The package root (this file runs as dist/bench/fuzz.js). */
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -122,18 +123,6 @@ export function prepareModel(file: string): FuzzModel {
   const m: FuzzModel = { file, bytes: new Uint8Array(fs.readFileSync(file)), lengths: [], varints: [] };
   walk(m.bytes, 0, m.bytes.length, m, 0);
   return m;
-}
-
-/** mulberry32 (the same generator as the tests' helper; kept here so the bench has no test dependency). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function encodeVarint(v: number): number[] {

@@ -37,6 +37,7 @@ import { QnnxError } from '../errors.js';
 import { valueInfo } from '../ir/builder.js';
 import type { Model } from '../ir/model.js';
 import { DataType, dataTypeName } from '../onnx/dtype.js';
+import { mulberry32 } from '../random.js';
 import { type SerializableSessionOptions, Session } from '../runtime/session.js';
 import { elementCount, type HostTensor } from '../tensor.js';
 import {
@@ -162,18 +163,6 @@ export function streamKey(...parts: number[]): number {
     h ^= h >>> 16;
   }
   return h >>> 0;
-}
-
-/** mulberry32: uniform floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** The sample order of one epoch. */

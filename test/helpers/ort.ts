@@ -5,8 +5,9 @@
 import * as ort from 'onnxruntime-node';
 import type { TensorProto } from '../../src/onnx/proto.js';
 import { toBigInt, toNumber } from '../../src/onnx/proto.js';
+import { mulberry32 } from '../../src/random.js';
 
-export { ort };
+export { mulberry32, ort };
 
 export const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = {
   intraOpNumThreads: 1,
@@ -196,16 +197,4 @@ export function diffOutputs(a: OrtOutputs, b: OrtOutputs): string | undefined {
     }
   }
   return undefined;
-}
-
-/** mulberry32: a small, fast, seeded PRNG returning floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

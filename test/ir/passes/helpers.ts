@@ -10,6 +10,9 @@ import { Model } from '../../../src/ir/model.js';
 import { dimsOfType, elemTypeOfType } from '../../../src/ir/passes/shape-inference.js';
 import { Tensor } from '../../../src/ir/tensor.js';
 import { DataType } from '../../../src/onnx/dtype.js';
+import { mulberry32 } from '../../../src/random.js';
+
+export const rng = mulberry32;
 
 export { ort };
 
@@ -78,18 +81,6 @@ export async function runOrt(
   } finally {
     await session.release();
   }
-}
-
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export function randomFloats(n: number, seed: number, lo = -1, hi = 1): Float32Array {
