@@ -38,3 +38,4 @@ export { type Quantizer, QuantSim, type QuantSimOptions } from './quant/sim/quan
 export { getTarget, parseTarget, TARGETS, type TargetProfile } from './quant/sim/targets.js';
 export * from './runtime/index.js';
 export type { HostTensor, TensorStorage } from './tensor.js';
+export * from './train/index.js';

@@ -6,6 +6,7 @@ import { reportError } from './errors.js';
 import { registerEval } from './eval.js';
 import { registerInspect } from './inspect.js';
 import { registerQuantize } from './quantize.js';
+import { registerTrain } from './train.js';
 
 const VERSION = '0.1.0';
 
@@ -33,6 +34,7 @@ export async function main(argv: string[]): Promise<number> {
   registerConvert(program, run);
   registerEval(program, run);
   registerQuantize(program, run);
+  registerTrain(program, run);
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {

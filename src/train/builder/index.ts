@@ -37,7 +37,7 @@ export {
   type Padding,
   type Pair,
   type ParamInfo,
-  type PoolOptions,
+  type PoolLayerOptions,
   type PositionEmbeddingOptions,
   positionEmbedding,
   type ReshapeOptions,

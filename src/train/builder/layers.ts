@@ -52,14 +52,14 @@ export interface LeakyReluOptions {
 export interface GeluOptions {
   approximate?: 'none' | 'tanh';
 }
-export interface PoolOptions {
+export interface PoolLayerOptions {
   kernel: Pair;
   /** Default: the kernel size (as PyTorch). */
   stride?: Pair;
   padding?: Pair;
   ceil?: boolean;
 }
-export interface AvgPoolOptions extends PoolOptions {
+export interface AvgPoolOptions extends PoolLayerOptions {
   /** Count padded zeros in the average (PyTorch's default: true). */
   countIncludePad?: boolean;
 }
@@ -108,7 +108,7 @@ export type LayerSpec =
   | { type: 'tanh' }
   | ({ type: 'gelu' } & GeluOptions)
   | { type: 'hardSwish' }
-  | ({ type: 'maxPool' } & PoolOptions)
+  | ({ type: 'maxPool' } & PoolLayerOptions)
   | ({ type: 'avgPool' } & AvgPoolOptions)
   | ({ type: 'globalAvgPool' } & GlobalAvgPoolOptions)
   | { type: 'flatten' }
@@ -133,7 +133,7 @@ export const sigmoid = (): LayerSpec => ({ type: 'sigmoid' });
 export const tanh = (): LayerSpec => ({ type: 'tanh' });
 export const gelu = (o: GeluOptions = {}): LayerSpec => ({ type: 'gelu', ...o });
 export const hardSwish = (): LayerSpec => ({ type: 'hardSwish' });
-export const maxPool = (o: PoolOptions): LayerSpec => ({ type: 'maxPool', ...o });
+export const maxPool = (o: PoolLayerOptions): LayerSpec => ({ type: 'maxPool', ...o });
 export const avgPool = (o: AvgPoolOptions): LayerSpec => ({ type: 'avgPool', ...o });
 export const globalAvgPool = (o: GlobalAvgPoolOptions = {}): LayerSpec => ({ type: 'globalAvgPool', ...o });
 export const flatten = (): LayerSpec => ({ type: 'flatten' });
@@ -289,7 +289,6 @@ export interface LayerContext {
   readonly init: InitScheme;
   readonly seed: number;
   readonly params: ParamInfo[];
-  readonly summaries: LayerSummary[];
   /** Adds an initializer `<prefix>.<suffix>` with values from the init scheme; returns its name. */
   param(suffix: string, dims: number[], role: ParamRole, kind?: 'parameter' | 'buffer'): string;
   /** A single-output node named `<prefix>.<opType>`. */
@@ -572,7 +571,7 @@ export const LAYERS: Record<LayerType, LayerDef> = {
       ceil: { kind: 'bool', doc: 'ceil mode, default false' },
     },
     build(spec, x, ctx) {
-      return pool('MaxPool', spec as PoolOptions, x, ctx, {});
+      return pool('MaxPool', spec as PoolLayerOptions, x, ctx, {});
     },
   },
   avgPool: {
@@ -717,7 +716,7 @@ export const LAYERS: Record<LayerType, LayerDef> = {
 
 function pool(
   opType: string,
-  o: PoolOptions,
+  o: PoolLayerOptions,
   x: Flow,
   ctx: LayerContext,
   extra: Record<string, unknown>,

@@ -136,7 +136,7 @@ export function sequential(
         throw usage(`${where} (${layer.type}): the name '${prefix}' is already used`);
       usedPrefixes.add(prefix);
       const before = params.length;
-      const ctx = layerContext(b, prefix, `${where} (${layer.type})`, init, seed, params, summaries);
+      const ctx = layerContext(b, prefix, `${where} (${layer.type})`, init, seed, params);
       const inputShapeHere = x.shape;
       x = LAYERS[layer.type].build(layer, x, ctx, (inner, xi, p) => buildList(inner, xi, p, where));
       const own = params.slice(before).filter((p) => p.kind === 'parameter');
@@ -196,7 +196,6 @@ function layerContext(
   init: InitScheme,
   seed: number,
   params: ParamInfo[],
-  summaries: LayerSummary[],
 ): LayerContext {
   return {
     b,
@@ -205,7 +204,6 @@ function layerContext(
     init,
     seed,
     params,
-    summaries,
     param(suffix, dims, role, kind = 'parameter') {
       const base = `${prefix}.${suffix}`;
       if (b.graph.initializer(base)) throw usage(`${where}: parameter '${base}' is defined twice`);
