@@ -11,6 +11,11 @@ import type { Feeds, Runner } from '../runtime/session.js';
 import { parseRangeMethod, type RangeMethod } from './analyzers/index.js';
 import { exportQdq, requiredOpset } from './export/qdq.js';
 import { getPreset, type PresetName } from './presets.js';
+import { absorbAffineIntoQdq, absorbableAffineChains } from './rewrites/affine-absorb.js';
+import { foldAffineIntoConv } from './rewrites/affine-into-conv.js';
+import { compactQdq } from './rewrites/compact.js';
+import { convTransposeToDepthToSpace } from './rewrites/convtranspose.js';
+import { exactNamePattern } from './rewrites/pipeline.js';
 import { calibrate, calibrationPlan } from './sim/calibrate.js';
 import { QuantSim, type QuantSimOptions } from './sim/quantsim.js';
 import { getTarget, type TargetProfile } from './sim/targets.js';
@@ -66,10 +71,19 @@ export function parseGranularity(s: string | undefined): QuantSimOptions['weight
 }
 
 /** Prepares a float model for quantization in place; returns the pass records. */
-export function prepareModel(model: Model, opset: number, foldBn = true): PassRecord[] {
+/**
+ * `rewrites`: also apply the exact rewrites for integer kernels (affine folds into Convs, ConvTranspose(k = s) to
+ * Conv + DepthToSpace); tests of those rewrites turn it off to apply them one at a time.
+ */
+export function prepareModel(model: Model, opset: number, foldBn = true, rewrites = true): PassRecord[] {
   const records: PassRecord[] = [];
   records.push(foldConstants(model));
   if (foldBn) records.push(foldBatchNorm(model));
+  // Exact rewrites that let more of the model run in integer kernels (research part C).
+  if (rewrites) {
+    records.push(foldAffineIntoConv(model));
+    records.push(convTransposeToDepthToSpace(model));
+  }
   records.push(eliminateDeadNodes(model));
   if ((model.opset('') ?? 0) < opset) records.push(upgradeOpset(model, opset));
   return records;
@@ -116,7 +130,14 @@ export async function quantizeModel(
   // Place once to learn the opset the export needs, then prepare and place for real.
   const probe = buildSim(model, options);
   const passes = prepareModel(model, requiredOpset(probe), options.foldBatchNorm ?? true);
-  const sim = buildSim(model, options);
+  // Scalar affine chains (z = a·t + b) stay float here and are absorbed into the quantization parameters after
+  // export, so they cost nothing at run time.
+  const absorbable = absorbableAffineChains(model).nodes.map(exactNamePattern);
+  const sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+  if (sim.quantizers.size === 0 && hasSubgraphs(model)) {
+    // A control-flow model whose computation lives in If/Loop/Scan bodies: they stay float (see docs/quantize.md).
+    return { model, sim, report: emptyReport(options, sim, opsetBefore, model, passes) };
+  }
   if (sim.quantizers.size === 0) {
     const ops = [...new Set(model.graph.nodes.map((n) => n.opType))].join(', ');
     throw new QnnxError(
@@ -147,6 +168,9 @@ export async function quantizeModel(
   const seconds = (performance.now() - t0) / 1000;
   sim.finalizeEncodings();
   const exported = exportQdq(sim);
+  passes.push(absorbAffineIntoQdq(exported.model));
+  passes.push(eliminateDeadNodes(exported.model));
+  passes.push(compactQdq(exported.model));
   const qs = [...sim.quantizers.values()];
   const report: QuantizeReport = {
     preset: options.preset ?? 'w8a8',
@@ -160,10 +184,40 @@ export async function quantizeModel(
       biases: qs.filter((q) => q.kind === 'bias').length,
       constants: qs.filter((q) => q.kind === 'constant').length,
     },
-    skipped: sim.skipped,
+    skipped: sim.skipped.filter((k) => !absorbable.includes(exactNamePattern(k.node))),
     calibration: { samples: used, seconds, mode: plan.mode },
     weightBytes: { before: exported.weightBytesBefore, after: exported.weightBytesAfter },
     passes,
   };
   return { model: exported.model, sim, report };
+}
+
+function hasSubgraphs(model: Model): boolean {
+  return model.graph.nodes.some((n) => n.subgraphs().length > 0);
+}
+
+function emptyReport(
+  options: QuantizeOptions,
+  sim: QuantSim,
+  opsetBefore: number,
+  model: Model,
+  passes: PassRecord[],
+): QuantizeReport {
+  return {
+    preset: options.preset ?? 'w8a8',
+    target: sim.target.name,
+    range: options.range ?? 'minmax',
+    opset: { before: opsetBefore, after: model.opset('') ?? 0 },
+    quantizers: { activations: 0, shared: 0, weights: 0, biases: 0, constants: 0 },
+    skipped: [
+      {
+        node: '',
+        opType: 'If/Loop/Scan',
+        reason: 'the computation is inside control-flow subgraphs, left float',
+      },
+    ],
+    calibration: { samples: 0, seconds: 0, mode: 'none' },
+    weightBytes: { before: 0, after: 0 },
+    passes,
+  };
 }

@@ -168,7 +168,7 @@ describe('foldAffineIntoConv', () => {
     skip: !present(DET) && 'PP-OCR models absent',
   }, async () => {
     const m = loadModel(DET);
-    prepareModel(m, 13);
+    prepareModel(m, 13, true, false);
     const before = m.graph.nodes.length;
     await checkExact(m, foldAffineIntoConv, pageLike(96, 128, 5), DET_TOL);
     assert.ok(m.graph.nodes.length < before - 20, `${before} → ${m.graph.nodes.length} nodes`);
@@ -236,7 +236,7 @@ describe('convTransposeToDepthToSpace', () => {
     skip: !present(DET) && 'PP-OCR models absent',
   }, async () => {
     const m = loadModel(DET);
-    prepareModel(m, 13);
+    prepareModel(m, 13, true, false);
     await checkExact(m, convTransposeToDepthToSpace, pageLike(96, 128, 6), DET_TOL);
     assert.equal(opCount(m, 'ConvTranspose'), 0);
     assert.equal(opCount(m, 'DepthToSpace'), 1);
@@ -323,7 +323,7 @@ describe('absorbAffineIntoQdq', () => {
     skip: !present(DET) && 'PP-OCR models absent',
   }, async () => {
     const m = loadModel(DET);
-    prepareModel(m, 13);
+    prepareModel(m, 13, true, false);
     foldAffineIntoConv(m);
     const samples = [1, 2, 3].map((s) => pageLike(96, 96, s));
     const chains = absorbableAffineChains(m);
@@ -380,7 +380,7 @@ describe('resizeNearestToExpand', () => {
 
   test('PP-OCRv4 det FPN: exact', { skip: !present(DET) && 'PP-OCR models absent' }, async () => {
     const m = loadModel(DET);
-    prepareModel(m, 13);
+    prepareModel(m, 13, true, false);
     await checkExact(m, resizeNearestToExpand, pageLike(96, 128, 8), 0);
     assert.equal(opCount(m, 'Resize'), 0);
   });

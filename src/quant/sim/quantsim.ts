@@ -161,7 +161,7 @@ export class QuantSim {
     const shared = new Set(t.sharedEncodingOps);
     const fused = new Set(t.fusedActivations);
     const actScheme = this.activationScheme();
-    const weightOnly = this.options.weightOnly ?? false;
+    const weightOnly = this.options.weightOnly ?? this.target.weightOnly ?? false;
 
     const addActivation = (name: string, consumer: Node | undefined) => {
       if (weightOnly || !name || !isFloat(name)) return false;
@@ -293,7 +293,7 @@ export class QuantSim {
       weightQuantized &&
       gemmPlain &&
       this.target.bias === 'int32' &&
-      !this.options.weightOnly &&
+      !(this.options.weightOnly ?? this.target.weightOnly) &&
       this.weightSpec.format === undefined &&
       !this.weightSpec.blockSize &&
       !this.weightSpec.vector &&

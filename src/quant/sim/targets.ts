@@ -39,6 +39,8 @@ export interface TargetProfile {
    * activation (ONNX Runtime removes Relu/Clip in front of a Q whose range they cannot change).
    */
   fusedActivations: string[];
+  /** Quantize weights only (no activation quantizers). */
+  weightOnly?: boolean;
 }
 
 const WEIGHTED = ['Conv', 'Gemm', 'MatMul'];
@@ -112,6 +114,7 @@ export const TARGETS: Record<string, TargetProfile> = {
     quantizedOps: [],
     sharedEncodingOps: [],
     fusedActivations: [],
+    weightOnly: true,
   },
   'npu-symmetric-pow2': {
     name: 'npu-symmetric-pow2',
