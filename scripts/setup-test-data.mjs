@@ -3,6 +3,7 @@
  * Makes sure the Debian test data the tests need is installed (runs as `pretest`):
  *   libonnx-testdata       /usr/share/libonnx-testdata/data   (ONNX backend conformance cases)
  *   dataset-fashion-mnist  /usr/share/datasets/fashion-mnist  (training / calibration data)
+ *   imagemagick, fonts-dejavu-core, espeak-ng, sox  (rendered text and speech for the real-model tests)
  * Already installed: returns at once. Missing and running as root: installs them with apt-get. Missing and not
  * root: says what to install and exits 0 (the tests that need the data then fail saying so).
  */
@@ -12,6 +13,11 @@ import { existsSync } from 'node:fs';
 const NEEDED = [
   { pkg: 'libonnx-testdata', path: '/usr/share/libonnx-testdata/data/node' },
   { pkg: 'dataset-fashion-mnist', path: '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz' },
+  // Real inputs for the real-model tests: rendered text (ImageMagick + DejaVu) and speech (espeak-ng + sox).
+  { pkg: 'imagemagick', path: '/usr/bin/convert-im6.q16' },
+  { pkg: 'fonts-dejavu-core', path: '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf' },
+  { pkg: 'espeak-ng', path: '/usr/bin/espeak-ng' },
+  { pkg: 'sox', path: '/usr/bin/sox' },
 ];
 
 const missing = NEEDED.filter((n) => !existsSync(n.path));
