@@ -19,6 +19,14 @@ const NEEDED = [
   { pkg: 'espeak-ng', path: '/usr/bin/espeak-ng' },
   { pkg: 'sox', path: '/usr/bin/sox' },
 ];
+// `--bench`: also PyTorch 1.13 and ONNX from Debian, the peer the side-by-side benchmarks run (bench/ptq-fashion,
+// bench/train; always through /usr/bin/python3).
+if (process.argv.includes('--bench')) {
+  NEEDED.push(
+    { pkg: 'python3-torch', path: '/usr/lib/python3/dist-packages/torch/__init__.py' },
+    { pkg: 'python3-onnx', path: '/usr/lib/python3/dist-packages/onnx/__init__.py' },
+  );
+}
 
 const missing = NEEDED.filter((n) => !existsSync(n.path));
 if (missing.length === 0) process.exit(0);
