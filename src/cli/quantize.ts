@@ -6,6 +6,7 @@ import { isQnnxError, QnnxError } from '../errors.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
 import { upgradeOpset } from '../ir/passes/index.js';
+import { type PtqQuantizeOptions, quantizeWithPtq } from '../ptq/autoquant.js';
 import { exportDynamicInt8 } from '../quant/export/dynamic.js';
 import { convertToFloat16 } from '../quant/export/fp16.js';
 import { exportWeightOnly } from '../quant/export/matmulnbits.js';
@@ -30,6 +31,10 @@ interface QuantizeCliOptions {
   samples?: string;
   inputName?: string;
   weightOnly?: string | boolean;
+  cle?: boolean;
+  biasCorrection?: string | boolean;
+  adaround?: boolean;
+  seqMse?: boolean;
   foldBn: boolean;
   json?: boolean;
 }
@@ -78,6 +83,13 @@ export function registerQuantize(
       '--weight-only [form]',
       'weight-only MatMul compression without calibration: matmulnbits (default) or blocked-dq; bits from --weights (default int4), block from --granularity block:N (default 32)',
     )
+    .option('--cle', 'cross-layer equalization with high-bias absorption before quantizing')
+    .option(
+      '--bias-correction [kind]',
+      'correct the bias shift weight quantization causes: empirical (default) or analytic (from BatchNorm statistics)',
+    )
+    .option('--adaround', 'AdaRound: learned rounding of the weights, layer by layer (algorithms.md S13 E)')
+    .option('--seq-mse', 'sequential MSE: per-layer weight encodings minimizing output error')
     .option('--no-fold-bn', 'do not fold BatchNormalization before quantizing')
     .option('--json', 'print one JSON object; progress as JSON lines on stderr')
     .action((file: string, opts: QuantizeCliOptions) => run(() => quantizeCommand(file, opts)));
@@ -143,7 +155,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   if (!inputName) throw new QnnxError('E_USAGE', `${file}: the model has no inputs`, { file });
   const data = await openDataSource(opts.calib, { inputName, limit });
   const progress = createProgress('calibrate', opts.json ?? false);
-  const options: QuantizeOptions = {
+  const options: PtqQuantizeOptions = {
     preset: opts.preset as PresetName,
     target,
     granularity: opts.granularity,
@@ -151,21 +163,23 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     exclude: opts.exclude,
     include: opts.include,
     foldBatchNorm: opts.foldBn,
+    cle: opts.cle,
+    biasCorrection: biasCorrectionKind(opts.biasCorrection),
+    adaround: opts.adaround,
+    seqMse: opts.seqMse,
     onProgress: (d, t) => progress.update(d, t),
     ...typeOverride('weights', opts.weights),
     ...typeOverride('activations', opts.activations),
   };
   let result: Awaited<ReturnType<typeof quantizeModel>>;
   try {
-    result = await quantizeModel(
-      model,
-      data,
-      // ORT's memory arena stays on: calibration with it is about 2x faster (bench/calibration-cost.ts); it keeps
-      // its peak, which stays flat over samples of one shape.
-      (m) => Session.create(m, { graphOptimizationLevel: 'all', name: file }),
-      options,
-      data.size,
-    );
+    // ORT's memory arena stays on: calibration with it is about 2x faster (bench/calibration-cost.ts); it keeps
+    // its peak, which stays flat over samples of one shape.
+    const makeRunner = (m: Model) => Session.create(m, { graphOptimizationLevel: 'all', name: file });
+    const techniques = options.cle || options.biasCorrection || options.adaround || options.seqMse;
+    result = techniques
+      ? await quantizeWithPtq(model, data, makeRunner, options)
+      : await quantizeModel(model, data, makeRunner, options, data.size);
   } catch (e) {
     // Name the calibration file a failing sample came from, and the model when nothing can be quantized.
     if (isQnnxError(e) && typeof e.context.sample === 'number' && data.kind !== 'idx') {
@@ -294,4 +308,11 @@ function uncalibrated(file: string, opts: QuantizeCliOptions): void {
       ['l', 'l'],
     )}\n`,
   );
+}
+
+function biasCorrectionKind(v: string | boolean | undefined): PtqQuantizeOptions['biasCorrection'] {
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return 'empirical';
+  if (v === 'empirical' || v === 'analytic') return v;
+  throw new QnnxError('E_USAGE', `--bias-correction must be empirical or analytic, got '${v}'`);
 }
