@@ -81,7 +81,7 @@ function nodeLabel(n: Node): string {
 function scalarOf(model: Model, name: string | undefined, fallback: number): number | undefined {
   if (!name) return fallback;
   const t = model.graph.initializer(name);
-  if (!t || t.size !== 1) return undefined;
+  if (t?.size !== 1) return undefined;
   return (t.dtype === DataType.FLOAT ? (t.data as Float32Array) : decodeToFloat32(t.dtype, t.data, 1))[0];
 }
 
@@ -107,7 +107,7 @@ export function weightedLayers(
     const q = wName ? sim.quantizers.get(wName) : undefined;
     const w = wName ? g.initializer(wName) : undefined;
     const skip = (reason: string) => skipped.push({ node: name, reason });
-    if (!q || q.kind !== 'weight' || !w) {
+    if (q?.kind !== 'weight' || !w) {
       skip('weight not quantized');
       continue;
     }
@@ -222,21 +222,21 @@ export class LayerCache {
   private constructor(
     readonly samples: readonly Feeds[],
     private readonly quantized: Runner & { release?: () => Promise<void> },
-    private readonly float: Runner & { release?: () => Promise<void> },
+    private readonly float: (Runner & { release?: () => Promise<void> }) | undefined,
     private readonly maxBytes: number,
   ) {}
 
   /**
    * Builds the quantized-so-far model of `sim.model` (the weights of `layers` as graph inputs, starting at their
-   * nearest-rounded values; every other quantized weight rounded to nearest) and the float model `reference`
-   * (by default `sim.model` as it is now), with taps on the layers' inputs and targets.
+   * nearest-rounded values; every other quantized weight rounded to nearest) and, unless `float: false`, the
+   * float model `reference` (by default `sim.model` as it is now), with taps on the layers' inputs and targets.
    */
   static async create(
     sim: QuantSim,
     layers: readonly WeightedLayer[],
     samples: AsyncIterable<Feeds> | Iterable<Feeds>,
     makeRunner: MakeRunner,
-    options: LayerCacheOptions & { reference?: Model } = {},
+    options: LayerCacheOptions & { reference?: Model; float?: boolean } = {},
   ): Promise<LayerCache> {
     const kept = await collectSamples(samples, options.maxSamples ?? DEFAULT_MAX_SAMPLES);
     const reference = options.reference ?? sim.model;
@@ -264,9 +264,9 @@ export class LayerCache {
     const quantizedTaps = [...new Set(layers.map((l) => l.input))].filter((v) => !inputs.has(v));
     const floatTaps = [...new Set(layers.map((l) => l.target))];
     const quantized = await makeRunner(addTaps(qm, quantizedTaps));
-    let float: Runner & { release?: () => Promise<void> };
+    let float: (Runner & { release?: () => Promise<void> }) | undefined;
     try {
-      float = await makeRunner(addTaps(reference, floatTaps));
+      if (options.float ?? true) float = await makeRunner(addTaps(reference, floatTaps));
     } catch (e) {
       await quantized.release?.();
       throw e;
@@ -294,6 +294,7 @@ export class LayerCache {
     const own = feedEntries(this.samples[i]).find(([k]) => k === name);
     if (own) return own[1];
     const runner = which === 'quantized' ? this.quantized : this.float;
+    if (!runner) throw new QnnxError('E_USAGE', 'the layer cache was created without the float model');
     const r = await runner.run(this.feeds(i, which === 'quantized'), [name]);
     return r[name];
   }
@@ -339,6 +340,6 @@ export class LayerCache {
   }
 
   async release(): Promise<void> {
-    await Promise.allSettled([this.quantized.release?.(), this.float.release?.()]);
+    await Promise.allSettled([this.quantized.release?.(), this.float?.release?.()]);
   }
 }

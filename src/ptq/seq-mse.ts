@@ -252,12 +252,13 @@ export async function sequentialMse(
     const ok =
       gran.kind === 'tensor' ||
       (gran.kind === 'channel' && normAxis(gran.axis, w.dims.length) === weightChannelAxis(l, w.dims.length));
-    if (!ok) skipped.push({ node: l.name, reason: `${gran.kind} granularity (per-tensor or per-channel only)` });
+    if (!ok)
+      skipped.push({ node: l.name, reason: `${gran.kind} granularity (per-tensor or per-channel only)` });
     return ok;
   });
   const report: SeqMseReport = { layers: [], skipped, samples: 0, seconds: 0 };
   if (layers.length === 0) return report;
-  const cache = await LayerCache.create(sim, layers, samples, makeRunner, options);
+  const cache = await LayerCache.create(sim, layers, samples, makeRunner, { ...options, float: false });
   report.samples = cache.samples.length;
   try {
     for (const [k, layer] of layers.entries()) {
