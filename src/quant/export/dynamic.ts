@@ -20,7 +20,7 @@ import { type Encoding, encodingFromRange, groupRanges, scaleDimsFor } from '../
 import { quantize } from '../quantizer.js';
 import { intScheme, type QuantScheme } from '../scheme.js';
 import { matcher } from '../sim/quantsim.js';
-import { constantInput } from './matmulnbits.js';
+import { constantInput, constantMatMulWeight } from './matmulnbits.js';
 
 export interface DynamicInt8Options {
   /** One weight scale per output column (default true) or one per tensor. */
@@ -111,23 +111,9 @@ export function exportDynamicInt8(source: Model, options: DynamicInt8Options = {
   for (const n of [...g.nodes]) {
     if (!ops.has(n.opType as 'MatMul') || (n.domain !== '' && n.domain !== 'ai.onnx')) continue;
     const label = n.name || n.outputs[0];
-    if (excluded(n)) {
-      skipped.push({ node: label, reason: 'excluded' });
-      continue;
-    }
+    const wt = constantMatMulWeight(g, producers, graphInputs, n, excluded, skipped);
+    if (!wt) continue;
     const wName = n.inputs[1];
-    const wt = wName && !graphInputs.has(wName) ? constantInput(g, producers, wName) : undefined;
-    if (!wt) {
-      skipped.push({ node: label, reason: 'weight is not a constant' });
-      continue;
-    }
-    if (wt.dtype !== DataType.FLOAT || wt.dims.length !== 2) {
-      skipped.push({
-        node: label,
-        reason: `weight is not a 2-D float32 tensor (dims [${wt.dims.join(', ')}])`,
-      });
-      continue;
-    }
     const isGemm = n.opType === 'Gemm';
     const transB = isGemm && n.attrInt('transB', 0) === 1;
     if (isGemm && n.attrInt('transA', 0) === 1) {

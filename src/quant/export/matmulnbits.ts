@@ -193,6 +193,36 @@ export function packMatMulNBits(bq: BlockQuantizedWeight): {
   return { B, bDims: [N, blocks, blob], scales, zeroPoints };
 }
 
+/**
+ * The constant 2-D float32 weight (input 1) of a MatMul/Gemm that an export may replace, or undefined after
+ * recording in `skipped` why the node stays as it is (excluded, weight not constant, not 2-D float32).
+ */
+export function constantMatMulWeight(
+  g: Graph,
+  producers: Map<string, Node>,
+  graphInputs: Set<string>,
+  n: Node,
+  excluded: (n: Node) => boolean,
+  skipped: { node: string; reason: string }[],
+): Tensor | undefined {
+  const label = n.name || n.outputs[0];
+  if (excluded(n)) {
+    skipped.push({ node: label, reason: 'excluded' });
+    return undefined;
+  }
+  const wName = n.inputs[1];
+  const w = wName && !graphInputs.has(wName) ? constantInput(g, producers, wName) : undefined;
+  if (!w) {
+    skipped.push({ node: label, reason: 'weight is not a constant' });
+    return undefined;
+  }
+  if (w.dtype !== DataType.FLOAT || w.dims.length !== 2) {
+    skipped.push({ node: label, reason: `weight is not a 2-D float32 tensor (dims [${w.dims.join(', ')}])` });
+    return undefined;
+  }
+  return w;
+}
+
 /** A constant float tensor feeding `name`: an initializer or a Constant node's value. */
 export function constantInput(g: Graph, producers: Map<string, Node>, name: string): Tensor | undefined {
   const init = g.initializer(name);
@@ -284,24 +314,10 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
 
   for (const n of [...g.nodes]) {
     if (n.opType !== 'MatMul' || (n.domain !== '' && n.domain !== 'ai.onnx')) continue;
+    const w = constantMatMulWeight(g, producers, graphInputs, n, excluded, skipped);
+    if (!w) continue;
     const label = n.name || n.outputs[0];
-    if (excluded(n)) {
-      skipped.push({ node: label, reason: 'excluded' });
-      continue;
-    }
     const wName = n.inputs[1];
-    const w = wName && !graphInputs.has(wName) ? constantInput(g, producers, wName) : undefined;
-    if (!w) {
-      skipped.push({ node: label, reason: 'weight is not a constant' });
-      continue;
-    }
-    if (w.dtype !== DataType.FLOAT || w.dims.length !== 2) {
-      skipped.push({
-        node: label,
-        reason: `weight is not a 2-D float32 tensor (dims [${w.dims.join(', ')}])`,
-      });
-      continue;
-    }
     const [K, N] = w.dims;
     const wf = floatData(w);
     // A weight shared by several MatMuls is quantized and stored once.

@@ -72,34 +72,29 @@ const DATA_MOVEMENT = [
   'Identity',
 ];
 
+const ORT_CPU: TargetProfile = {
+  name: 'ort-cpu',
+  description:
+    'ONNX Runtime CPU: int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations, int32 biases; ' +
+    'QDQ placed only where ORT fuses it into integer kernels (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...)',
+  opset: 13,
+  weights: { bits: 8, signed: true, symmetry: 'symmetric', narrow: true, granularity: 'channel' },
+  activations: { bits: 8, signed: false, symmetry: 'asymmetric', granularity: 'tensor' },
+  bias: 'int32',
+  weightedOps: WEIGHTED,
+  quantizedOps: ORT_FUSED,
+  sharedEncodingOps: DATA_MOVEMENT,
+  fusedActivations: ['Relu', 'Clip'],
+};
+
 export const TARGETS: Record<string, TargetProfile> = {
-  'ort-cpu': {
-    name: 'ort-cpu',
-    description:
-      'ONNX Runtime CPU: int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations, int32 biases; ' +
-      'QDQ placed only where ORT fuses it into integer kernels (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...)',
-    opset: 13,
-    weights: { bits: 8, signed: true, symmetry: 'symmetric', narrow: true, granularity: 'channel' },
-    activations: { bits: 8, signed: false, symmetry: 'asymmetric', granularity: 'tensor' },
-    bias: 'int32',
-    weightedOps: WEIGHTED,
-    quantizedOps: ORT_FUSED,
-    sharedEncodingOps: DATA_MOVEMENT,
-    fusedActivations: ['Relu', 'Clip'],
-  },
+  'ort-cpu': ORT_CPU,
   'ort-wasm': {
+    ...ORT_CPU,
     name: 'ort-wasm',
     description:
       'onnxruntime-web WASM: the same kernels as the CPU execution provider compiled to WebAssembly, so the same ' +
       'placement as ort-cpu',
-    opset: 13,
-    weights: { bits: 8, signed: true, symmetry: 'symmetric', narrow: true, granularity: 'channel' },
-    activations: { bits: 8, signed: false, symmetry: 'asymmetric', granularity: 'tensor' },
-    bias: 'int32',
-    weightedOps: WEIGHTED,
-    quantizedOps: ORT_FUSED,
-    sharedEncodingOps: DATA_MOVEMENT,
-    fusedActivations: ['Relu', 'Clip'],
   },
   'ort-webgpu': {
     name: 'ort-webgpu',
