@@ -17,7 +17,9 @@ export { Tensor } from './ir/tensor.js';
 export { decodeModelProto, encodeModelProto } from './onnx/codec.js';
 export { DataType, dataTypeName } from './onnx/dtype.js';
 export * from './onnx/formats.js';
+export * from './ptq/index.js';
 export * from './quant/analyzers/index.js';
+export { gridOf } from './quant/analyzers/index.js';
 export { type Encoding, encodingFromRange } from './quant/encoding.js';
 export {
   aimetEncodingsJson,

@@ -1,12 +1,13 @@
 /** `qnnx quantize <in.onnx> -o <out.onnx> --calib <dir|glob> [--preset ...] ...` */
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { openDataSource } from '../data/index.js';
+import { openDataSource, readNpy } from '../data/index.js';
 import { isQnnxError, QnnxError } from '../errors.js';
+import type { Labels } from '../eval/index.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
 import { upgradeOpset } from '../ir/passes/index.js';
-import { type PtqQuantizeOptions, quantizeWithPtq } from '../ptq/autoquant.js';
+import { autoQuantize, type PtqQuantizeOptions, quantizeWithPtq } from '../ptq/autoquant.js';
 import { exportDynamicInt8 } from '../quant/export/dynamic.js';
 import { convertToFloat16 } from '../quant/export/fp16.js';
 import { exportWeightOnly } from '../quant/export/matmulnbits.js';
@@ -35,6 +36,10 @@ interface QuantizeCliOptions {
   biasCorrection?: string | boolean;
   adaround?: boolean;
   seqMse?: boolean;
+  auto?: boolean;
+  allowedDrop?: string;
+  evalData?: string;
+  evalLabels?: string;
   foldBn: boolean;
   json?: boolean;
 }
@@ -90,6 +95,17 @@ export function registerQuantize(
     )
     .option('--adaround', 'AdaRound: learned rounding of the weights, layer by layer (algorithms.md S13 E)')
     .option('--seq-mse', 'sequential MSE: per-layer weight encodings minimizing output error')
+    .option(
+      '--auto',
+      'AutoQuant: plain PTQ, then + CLE, then + AdaRound; stop at the first within --allowed-drop',
+    )
+    .option(
+      '--allowed-drop <x>',
+      'with --auto: accuracy points (with --eval-labels), else dB below 40 dB SQNR',
+      '1',
+    )
+    .option('--eval-data <data>', 'with --auto: evaluation inputs (same forms as --calib)')
+    .option('--eval-labels <file.npy>', 'with --auto: integer labels, one per output row')
     .option('--no-fold-bn', 'do not fold BatchNormalization before quantizing')
     .option('--json', 'print one JSON object; progress as JSON lines on stderr')
     .action((file: string, opts: QuantizeCliOptions) => run(() => quantizeCommand(file, opts)));
@@ -172,14 +188,28 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     ...typeOverride('activations', opts.activations),
   };
   let result: Awaited<ReturnType<typeof quantizeModel>>;
+  let autoSteps: unknown[] | undefined;
   try {
     // ORT's memory arena stays on: calibration with it is about 2x faster (bench/calibration-cost.ts); it keeps
     // its peak, which stays flat over samples of one shape.
     const makeRunner = (m: Model) => Session.create(m, { graphOptimizationLevel: 'all', name: file });
     const techniques = options.cle || options.biasCorrection || options.adaround || options.seqMse;
-    result = techniques
-      ? await quantizeWithPtq(model, data, makeRunner, options)
-      : await quantizeModel(model, data, makeRunner, options, data.size);
+    if (opts.auto) {
+      if (!opts.evalData) throw new QnnxError('E_USAGE', '--auto needs --eval-data');
+      const allowedDrop = Number(opts.allowedDrop ?? 1);
+      if (!(allowedDrop >= 0)) {
+        throw new QnnxError('E_USAGE', `--allowed-drop must be a number >= 0, got '${opts.allowedDrop}'`);
+      }
+      const samples = await openDataSource(opts.evalData, { inputName, split: true });
+      const labels = opts.evalLabels ? ((await readNpy(opts.evalLabels)).data as Labels) : undefined;
+      const { cle: _c, adaround: _a, seqMse: _s, biasCorrection: _b, ...base } = options;
+      const r = await autoQuantize(model, data, { samples, labels }, { ...base, allowedDrop, makeRunner });
+      autoSteps = r.report.steps;
+      result = { model: r.model, sim: r.sim, report: r.report.quantize };
+    } else
+      result = techniques
+        ? await quantizeWithPtq(model, data, makeRunner, options)
+        : await quantizeModel(model, data, makeRunner, options, data.size);
   } catch (e) {
     // Name the calibration file a failing sample came from, and the model when nothing can be quantized.
     if (isQnnxError(e) && typeof e.context.sample === 'number' && data.kind !== 'idx') {
@@ -206,6 +236,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     bytesBefore,
     bytesAfter: saved.bytes + saved.externalBytes,
     ...r,
+    ...(autoSteps ? { autoQuant: autoSteps } : {}),
     seconds,
   };
   if (opts.json) {
@@ -236,6 +267,21 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
           'left float',
           r.skipped.length ? r.skipped.map((s) => s.node || s.opType).join(', ') : 'none excluded',
         ],
+        ...(autoSteps ?? []).map((step) => {
+          const t = step as {
+            step: string;
+            accuracy?: number;
+            sqnrDb?: number;
+            drop: number;
+            withinDrop: boolean;
+          };
+          const acc = t.accuracy === undefined ? '' : `accuracy ${t.accuracy.toFixed(2)} %, `;
+          const sq = t.sqnrDb === undefined ? '' : `SQNR ${t.sqnrDb.toFixed(2)} dB, `;
+          return [
+            'autoquant step',
+            `${t.step}: ${acc}${sq}drop ${t.drop.toFixed(2)}${t.withinDrop ? ' (within)' : ''}`,
+          ];
+        }),
         ['time', `${seconds.toFixed(2)} s`],
       ],
       ['l', 'l'],

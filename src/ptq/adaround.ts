@@ -24,8 +24,8 @@
  *   every row in the batch (checked to 4 digits on PP-OCR layers), 25-40x faster there.
  *
  * The result replaces each float weight W in `sim.model` by W̃ = fround(q·s), q the AdaRounded grid value. The
- * quantizer then reproduces q exactly: fround(W̃/s) = q·(1 + ε) with |ε| ≤ 2^−23, and |q| ≤ 2^15 keeps
- * |q·ε| < 2^−8 < 0.5, so round-to-nearest gives q back; so the QDQ export (and AIMET encodings export) writes
+ * quantizer then reproduces q exactly: fround(W̃/s) = q·(1 + ε) with |ε| ≤ 2^−23, and |q| ≤ 2^16 keeps
+ * |q·ε| ≤ 2^−7 < 0.5, so round-to-nearest gives q back; so the QDQ export (and AIMET encodings export) writes
  * AdaRound's integers with no change of its own, and DequantizeLinear computes exactly W̃ (checked per layer:
  * `mismatches` is always 0). Weight encodings are not changed.
  */
@@ -70,7 +70,10 @@ export interface AdaRoundOptions {
   warmStart?: number;
   /** Adam learning rate (default 1e-3). */
   learningRate?: number;
-  /** Rows (samples, times the model's batch size) per iteration (default 32). */
+  /**
+   * Rows (samples, times the model's batch size) per iteration of the 'sampled' engine (default 32, raised to
+   * hold at least 128 output positions for Gemm/MatMul layers).
+   */
   batchSize?: number;
   /** Seed of the batch sampling (default 0). */
   seed?: number;
@@ -405,7 +408,8 @@ async function optimize(
   // σ on [−SATURATED, SATURATED] and |x|^(β−1) on [0, 1] from tables with linear interpolation (errors below 1e-8
   // and 3e-6): Math.exp and Math.pow were 70 % of the loop's time.
   const sig = new Float64Array(SIG_TABLE + 2);
-  for (let j = 0; j <= SIG_TABLE + 1; j++) sig[j] = 1 / (1 + Math.exp(-(-SATURATED + (j * 2 * SATURATED) / SIG_TABLE)));
+  for (let j = 0; j <= SIG_TABLE + 1; j++)
+    sig[j] = 1 / (1 + Math.exp(-(-SATURATED + (j * 2 * SATURATED) / SIG_TABLE)));
   const sigScale = SIG_TABLE / (2 * SATURATED);
   const usePowTable = n >= 4 * POW_TABLE;
   const pw = new Float64Array(POW_TABLE + 2);

@@ -133,7 +133,12 @@ export async function quantizeModel(
   // Scalar affine chains (z = a·t + b) stay float here and are absorbed into the quantization parameters after
   // export, so they cost nothing at run time.
   const absorbable = absorbableAffineChains(model).nodes.map(exactNamePattern);
-  const sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+  let sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+  // Weights behind Constant nodes get quantizers only after preparation: the opset may need raising again.
+  if ((model.opset('') ?? 0) < requiredOpset(sim)) {
+    passes.push(upgradeOpset(model, requiredOpset(sim)));
+    sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+  }
   if (sim.quantizers.size === 0 && hasSubgraphs(model)) {
     // A control-flow model whose computation lives in If/Loop/Scan bodies: they stay float (see docs/quantize.md).
     return { model, sim, report: emptyReport(options, sim, opsetBefore, model, passes) };
