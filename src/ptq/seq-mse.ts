@@ -13,7 +13,9 @@
  *
  * The error is linear in (W − Q_r(W)), so all candidates of a layer are scored in one ONNX Runtime run per chunk
  * of samples: the layer op applied to x̃ with the stacked candidate error weights (R·O output channels, no bias),
- * then ReduceSumSquare down to one number per candidate and channel.
+ * then ReduceSumSquare down to one number per candidate and channel. Memory: the layer's x̃ (see layer-cache.ts),
+ * stacked candidate errors of at most 16 M floats at a time (candidates in groups for larger weights), and op
+ * outputs of about 16 M floats per run (samples in chunks).
  *
  * Only encodings change (`quantizer.encoding`); the float weights stay. Run it after
  * `sim.computeParameterEncodings()` and before AdaRound (which rounds on the chosen grid) and calibration.
@@ -176,20 +178,20 @@ async function candidateLosses(
   layer: WeightedLayer,
   w: Float32Array,
   dims: number[],
-  errors: Float32Array[],
+  R: number,
+  errorOf: (r: number) => Float32Array,
   x: Stacked,
   threads: number,
 ): Promise<{ loss: Float64Array[]; positions: number }> {
-  const R = errors.length;
   const O = dims[weightChannelAxis(layer, dims.length)];
   const loss = Array.from({ length: R }, () => new Float64Array(O));
-  // Candidates in groups so that the stacked weights stay under 16 M floats.
+  // Candidates in groups so that the stacked error weights stay under 16 M floats (built group by group).
   const perGroup = Math.max(1, Math.floor(2 ** 24 / w.length));
   const rows = x.dims[0];
   const rowSize = x.data.length / rows;
   let positions = 0;
   for (let r0 = 0; r0 < R; r0 += perGroup) {
-    const part = errors.slice(r0, r0 + perGroup);
+    const part = Array.from({ length: Math.min(perGroup, R - r0) }, (_, i) => errorOf(r0 + i));
     const { e, eDims, which } = stackErrors(layer, dims, part);
     const { model, out, size } = scoringModel(layer, x.dims, eDims);
     const session = await Session.create(model, {
@@ -271,14 +273,18 @@ export async function sequentialMse(
       const gran = enc0.scheme.granularity;
       const { min, max } = groupRanges(w, dims, gran);
       const ratios = Array.from({ length: R }, (_, i) => (i + 1) / R);
-      const encs = ratios.map((r) => scaledEncoding(enc0, min, max, () => r));
-      const errors = encs.map((e) => {
-        const wq = fakeQuantize(w, dims, e);
+      const errorOf = (r: number) => {
+        const wq = fakeQuantize(
+          w,
+          dims,
+          scaledEncoding(enc0, min, max, () => ratios[r]),
+        );
         const d = new Float32Array(w.length);
         for (let i = 0; i < w.length; i++) d[i] = w[i] - wq[i];
         return d;
-      });
-      const { loss, positions } = await candidateLosses(layer, w, dims, errors, x, options.threads ?? 1);
+      };
+      const threads = options.threads ?? 1;
+      const { loss, positions } = await candidateLosses(layer, w, dims, R, errorOf, x, threads);
       const O = loss[0].length;
       const groups = gran.kind === 'tensor' ? 1 : O;
       const best = new Int32Array(groups).fill(R - 1);
