@@ -8,10 +8,10 @@
  * text lines with ImageMagick + DejaVu fonts, speech with espeak-ng + sox. Every model is calibrated on one set
  * of inputs and evaluated on another (held out).
  *
- * Quantization is src/quant/rewrites/pipeline.ts (quantizeWithRewrites): prepare, exact rewrites (affine chains
- * into Convs, ConvTranspose → Conv1x1 + DepthToSpace), bias correction for weight rounding, QuantSim (ort-cpu:
- * int8 per-channel weights, uint8 per-tensor activations, minmax), export, affine absorption into the DQ
- * parameters. "baseline" rows use the same pipeline with every rewrite off (what quantizeModel does today).
+ * Quantization is quantizeModel (src/quant/quantize.ts): prepare, exact rewrites (affine chains into Convs,
+ * ConvTranspose → Conv1x1 + DepthToSpace), empirical bias correction for weight rounding, QuantSim (ort-cpu: int8
+ * per-channel weights, uint8 per-tensor activations, minmax), export, affine absorption into the DQ parameters,
+ * compaction. The "baseline" row uses the same pipeline with every rewrite and the bias correction off.
  *
  * Latency: onnxruntime-node, 1 intra-op thread, graphOptimizationLevel 'all', float and int8 sessions in the
  * same process, runs alternating (which goes first alternates too), median of each; the ratio is int8 / float.
@@ -27,13 +27,8 @@ import { modelFromProto } from '../src/ir/model.js';
 import { decodeModelProto } from '../src/onnx/codec.js';
 import { exportWeightOnly } from '../src/quant/export/matmulnbits.js';
 import { exportQdq } from '../src/quant/export/qdq.js';
-import { prepareModel } from '../src/quant/quantize.js';
-import {
-  compactQdq,
-  quantizeWithRewrites,
-  type RewriteOptions,
-  specializeControlFlow,
-} from '../src/quant/rewrites/index.js';
+import { prepareModel, quantizeModel, type RewriteOptions } from '../src/quant/quantize.js';
+import { specializeControlFlow } from '../src/quant/rewrites/index.js';
 import { QuantSim } from '../src/quant/sim/quantsim.js';
 import { getTarget } from '../src/quant/sim/targets.js';
 import { type Feeds, Session } from '../src/runtime/session.js';
@@ -154,18 +149,29 @@ async function latency(fModel: Uint8Array, qModel: Uint8Array, feeds: Feeds, rou
   };
 }
 
-async function quantize(file: string, calib: Feeds[], rewrites: RewriteOptions = {}) {
-  const m = loadModel(file);
+/** A variant of the pipeline: its rewrites, and whether empirical bias correction is on (default on). */
+type Variant = RewriteOptions & { biasCorrection?: boolean };
+
+async function quantizeVariant(m: Model, calib: Feeds[], v: Variant = {}) {
+  const { biasCorrection = true, ...rewrites } = v;
   const t = performance.now();
-  const r = await quantizeWithRewrites(m, calib, makeRunner, {}, rewrites);
-  return { ...r, seconds: (performance.now() - t) / 1000, bytes: modelToBytes(r.model) };
+  const r = await quantizeModel(m, calib, makeRunner, {
+    rewrites,
+    biasCorrection: biasCorrection ? 'empirical' : false,
+  });
+  return {
+    model: r.model,
+    sim: r.sim,
+    passes: r.report.passes,
+    seconds: (performance.now() - t) / 1000,
+    bytes: modelToBytes(r.model),
+  };
 }
 
-function loadModelBytes(b: Uint8Array): Model {
-  return modelFromProto(decodeModelProto(b, 'model'));
-}
+const quantize = (file: string, calib: Feeds[], v: Variant = {}) =>
+  quantizeVariant(loadModel(file), calib, v);
 
-const BASELINE: RewriteOptions = {
+const BASELINE: Variant = {
   foldAffine: false,
   convTranspose: false,
   absorbAffine: false,
@@ -192,7 +198,7 @@ function textIou(a: Float32Array, b: Float32Array): number {
 
 const PAGE = { w: 1248, h: 1760 };
 /** The det configuration reported (SQNR, size, latency): every rewrite, the 3-channel stem left float. */
-const DET_REWRITES: RewriteOptions = { firstConvFloat: true };
+const DET_REWRITES: Variant = { firstConvFloat: true };
 const detFloat = modelToBytes(loadModel(MODELS.det));
 let detInt8: Uint8Array | undefined;
 let det640: Feeds[] = [];
@@ -349,11 +355,7 @@ if (want('vad')) {
         const r = specializeControlFlow(m, VAD_SPECIALIZE[version]);
         note = `sr bound to 16000, ${r.details.ifsInlined} If inlined, ${r.details.ifsLeft} left; `;
       }
-      const q = await quantizeWithRewrites(
-        m,
-        specialized ? withoutInputs(sample, ['sr']) : sample,
-        makeRunner,
-      );
+      const q = await quantizeVariant(m, specialized ? withoutInputs(sample, ['sr']) : sample);
       const qs = await Session.create(modelToBytes(q.model));
       const s = new Sqnr();
       let flips = 0;
@@ -487,18 +489,7 @@ if (want('size')) {
         r,
         '<= 0.29',
         r <= 0.29,
-        `${qBytes.length} / ${fBytes.length} (zero zero-points dropped)`,
-        3,
-      );
-      const short = loadModelBytes(qBytes);
-      compactQdq(short, { shortNames: true });
-      const sb = modelToBytes(short).length;
-      report(
-        `${name} int8 bytes / float bytes, short Q/DQ names`,
-        sb / fBytes.length,
-        '<= 0.29',
-        sb / fBytes.length <= 0.29,
-        `${sb} bytes (compactQdq shortNames)`,
+        `${qBytes.length} / ${fBytes.length} (default compaction: zero points, short generated names)`,
         3,
       );
     }
@@ -539,7 +530,7 @@ if (want('speed')) {
   if (det640.length === 0) det640 = [await detInput(101, 640, 640)];
   if (detPage.length === 0) detPage = [await detInput(101, PAGE.w, PAGE.h)];
   const calib = await Promise.all(Array.from({ length: 4 }, (_, i) => detInput(i + 1, 640, 640)));
-  const variants: [string, RewriteOptions][] = [
+  const variants: [string, Variant][] = [
     ['baseline (no rewrites)', BASELINE],
     ['+ bias correction', { ...BASELINE, biasCorrection: true }],
     ['+ affine into Conv (exact)', { ...BASELINE, biasCorrection: true, foldAffine: true }],

@@ -7,7 +7,7 @@ import type { Labels } from '../eval/index.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
 import { upgradeOpset } from '../ir/passes/index.js';
-import { autoQuantize, type PtqQuantizeOptions, quantizeWithPtq } from '../ptq/autoquant.js';
+import { autoQuantize } from '../ptq/autoquant.js';
 import { exportDynamicInt8 } from '../quant/export/dynamic.js';
 import { convertToFloat16 } from '../quant/export/fp16.js';
 import { exportWeightOnly } from '../quant/export/matmulnbits.js';
@@ -36,6 +36,7 @@ interface QuantizeCliOptions {
   biasCorrection?: string | boolean;
   adaround?: boolean;
   seqMse?: boolean;
+  softmaxBias?: boolean;
   auto?: boolean;
   allowedDrop?: string;
   evalData?: string;
@@ -95,6 +96,10 @@ export function registerQuantize(
     )
     .option('--adaround', 'AdaRound: learned rounding of the weights, layer by layer (algorithms.md S13 E)')
     .option('--seq-mse', 'sequential MSE: per-layer weight encodings minimizing output error')
+    .option(
+      '--softmax-bias',
+      'softmax bias correction: restore the row sums of quantized softmax outputs feeding MatMuls (S08)',
+    )
     .option(
       '--auto',
       'AutoQuant: plain PTQ, then + CLE, then + AdaRound; stop at the first within --allowed-drop',
@@ -171,7 +176,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   if (!inputName) throw new QnnxError('E_USAGE', `${file}: the model has no inputs`, { file });
   const data = await openDataSource(opts.calib, { inputName, limit });
   const progress = createProgress('calibrate', opts.json ?? false);
-  const options: PtqQuantizeOptions = {
+  const options: QuantizeOptions = {
     preset: opts.preset as PresetName,
     target,
     granularity: opts.granularity,
@@ -183,6 +188,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     biasCorrection: biasCorrectionKind(opts.biasCorrection),
     adaround: opts.adaround,
     seqMse: opts.seqMse,
+    softmaxBias: opts.softmaxBias,
     onProgress: (d, t) => progress.update(d, t),
     ...typeOverride('weights', opts.weights),
     ...typeOverride('activations', opts.activations),
@@ -193,7 +199,6 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     // ORT's memory arena stays on: calibration with it is about 2x faster (bench/calibration-cost.ts); it keeps
     // its peak, which stays flat over samples of one shape.
     const makeRunner = (m: Model) => Session.create(m, { graphOptimizationLevel: 'all', name: file });
-    const techniques = options.cle || options.biasCorrection || options.adaround || options.seqMse;
     if (opts.auto) {
       if (!opts.evalData) throw new QnnxError('E_USAGE', '--auto needs --eval-data');
       const allowedDrop = Number(opts.allowedDrop ?? 1);
@@ -206,10 +211,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
       const r = await autoQuantize(model, data, { samples, labels }, { ...base, allowedDrop, makeRunner });
       autoSteps = r.report.steps;
       result = { model: r.model, sim: r.sim, report: r.report.quantize };
-    } else
-      result = techniques
-        ? await quantizeWithPtq(model, data, makeRunner, options)
-        : await quantizeModel(model, data, makeRunner, options, data.size);
+    } else result = await quantizeModel(model, data, makeRunner, options, data.size);
   } catch (e) {
     // Name the calibration file a failing sample came from, and the model when nothing can be quantized.
     if (isQnnxError(e) && typeof e.context.sample === 'number' && data.kind !== 'idx') {
@@ -356,7 +358,7 @@ function uncalibrated(file: string, opts: QuantizeCliOptions): void {
   );
 }
 
-function biasCorrectionKind(v: string | boolean | undefined): PtqQuantizeOptions['biasCorrection'] {
+function biasCorrectionKind(v: string | boolean | undefined): QuantizeOptions['biasCorrection'] {
   if (v === undefined || v === false) return undefined;
   if (v === true) return 'empirical';
   if (v === 'empirical' || v === 'analytic') return v;

@@ -19,8 +19,7 @@
  * Data: `calib` and `evalData.samples` are read once per step, so they must be re-iterable (arrays or DataSources).
  * The float outputs of the evaluation samples are computed once and kept in memory.
  *
- * `quantizeWithPtq` is the quantization of one step, usable on its own: quantizeModel's flow with any of CLE,
- * sequential MSE, AdaRound and (empirical or analytic) bias correction switched on, in AIMET's order.
+ * Each step is one run of `quantizeModel` (src/quant/quantize.ts) with that step's techniques switched on.
  */
 import { QnnxError } from '../errors.js';
 import { AccuracyAccumulator, ErrorAccumulator, type Labels, tensorValues } from '../eval/metrics.js';
@@ -28,22 +27,20 @@ import type { Model } from '../ir/model.js';
 import type { PassRecord } from '../ir/pass.js';
 import { upgradeOpset } from '../ir/passes/index.js';
 import { DataType } from '../onnx/dtype.js';
-import { parseRangeMethod } from '../quant/analyzers/index.js';
-import { exportQdq, requiredOpset } from '../quant/export/qdq.js';
-import { buildSim, prepareModel, type QuantizeOptions, type QuantizeReport } from '../quant/quantize.js';
-import { calibrate, calibrationPlan } from '../quant/sim/calibrate.js';
+import {
+  type PtqTechniques,
+  type QuantizeOptions,
+  type QuantizeReport,
+  quantizeModel,
+} from '../quant/quantize.js';
 import type { QuantSim } from '../quant/sim/quantsim.js';
 import { type Feeds, type Runner, Session } from '../runtime/session.js';
 import { isFetchableOutputType } from '../runtime/tensor-convert.js';
 import { cloneModel } from '../train/training-graph.js';
-import { type AdaRoundModelOptions, type AdaRoundReport, adaround } from './adaround.js';
-import {
-  correctBiasAnalytic,
-  correctBiasEmpirical,
-  type EmpiricalBiasCorrectionOptions,
-} from './bias-correction.js';
-import { type CleOptions, collectBnStats, equalizeCrossLayer } from './cle.js';
-import { type SeqMseOptions, type SeqMseReport, sequentialMse } from './seq-mse.js';
+import type { AdaRoundModelOptions } from './adaround.js';
+import type { EmpiricalBiasCorrectionOptions } from './bias-correction.js';
+import type { CleOptions } from './cle.js';
+import type { SeqMseOptions } from './seq-mse.js';
 
 export type AutoQuantStep = 'ptq' | 'cle' | 'bias-correction' | 'adaround' | 'seq-mse';
 
@@ -121,7 +118,7 @@ export interface AutoQuantReport {
   /** Whether steps were left untried because one was already good enough. */
   stoppedEarly: boolean;
   /** The chosen step's quantization report. */
-  quantize: PtqQuantizeReport;
+  quantize: QuantizeReport;
   seconds: number;
 }
 
@@ -197,171 +194,12 @@ async function evaluate(
   }
 }
 
-/** Techniques of `quantizeWithPtq` on top of plain PTQ (quantizeModel's flow). */
-export interface PtqTechniques {
-  /** Cross-layer equalization with high-bias absorption, after BatchNorm folding (statistics collected before). */
-  cle?: boolean | Omit<CleOptions, 'bnStats'>;
-  /** Sequential MSE weight encodings (before AdaRound, which rounds on the chosen grid). */
-  seqMse?: boolean | SeqMseOptions;
-  /** AdaRound of the weights (before activation calibration). */
-  adaround?: boolean | AdaRoundModelOptions;
-  /**
-   * Bias correction for weight quantization: 'empirical' (float layer-input means over `calib`) or 'analytic'
-   * (from BatchNorm statistics, data-free; layers without statistics are left alone). AIMET applies it only when
-   * AdaRound is not used.
-   */
-  biasCorrection?: false | 'empirical' | 'analytic' | EmpiricalBiasCorrectionOptions;
-}
-
-export interface PtqQuantizeOptions extends QuantizeOptions, PtqTechniques {}
-
-/** quantizeModel's report plus the seconds spent in each phase (keys: prepare, cle, seqMse, adaround, ...). */
-export interface PtqQuantizeReport extends QuantizeReport {
-  timings: Record<string, number>;
-}
-
-const opt = <T extends object>(v: boolean | T | undefined): T | undefined =>
-  v === undefined || v === false ? undefined : v === true ? ({} as T) : v;
-
-function summarizeLayers(
-  pass: string,
-  r: { layers: object[]; skipped: unknown[]; samples: number; seconds: number },
-  pick: (l: never) => Record<string, unknown>,
-): PassRecord {
-  return {
-    pass,
-    changed: r.layers.length > 0,
-    details: {
-      layers: r.layers.map((l) => pick(l as never)),
-      skipped: r.skipped,
-      samples: r.samples,
-      seconds: r.seconds,
-    },
-  };
-}
-
 /**
- * quantizeModel's flow (prepare → QuantSim → weight encodings → calibration → QDQ export) with the techniques of
- * `options` in AIMET's order: BatchNorm folding (in prepare) → CLE + high-bias absorption → weight encodings →
- * sequential MSE → AdaRound → bias correction → activation calibration → export. `model` is prepared in place,
- * as quantizeModel does; `calib` is read once per technique that needs data plus once for calibration, so it must
- * be re-iterable (an array or a DataSource) when any is on.
+ * The former name of the one PTQ pipeline, kept while bench/ptq-algos.ts moves to `quantizeModel`; same function.
  */
-export async function quantizeWithPtq(
-  model: Model,
-  calib: Samples,
-  makeRunner: MakeRunner,
-  options: PtqQuantizeOptions = {},
-): Promise<{ model: Model; sim: QuantSim; report: PtqQuantizeReport }> {
-  const timings: Record<string, number> = {};
-  let t = performance.now();
-  const lap = (key: string) => {
-    const now = performance.now();
-    timings[key] = (timings[key] ?? 0) + (now - t) / 1000;
-    t = now;
-  };
-  const m = model;
-  const opsetBefore = m.opset('') ?? 0;
-  const method = parseRangeMethod(options.range ?? 'minmax');
-  const cleOptions = opt(options.cle);
-  const bc = options.biasCorrection;
-  const needStats = cleOptions !== undefined || bc === 'analytic';
-  const bnStats = needStats ? collectBnStats(m) : undefined;
-  const probe = buildSim(m, options);
-  const passes = prepareModel(m, requiredOpset(probe), options.foldBatchNorm ?? true);
-  lap('prepare');
-  if (cleOptions) {
-    passes.push(equalizeCrossLayer(m, { ...cleOptions, bnStats }));
-    lap('cle');
-  }
-  let sim = buildSim(m, options);
-  // The probe of the unprepared model can under-estimate the opset (weights behind Constant nodes get no quantizer
-  // until constant folding): raise it now when the real placement needs more (int4 weights: opset 21).
-  if ((m.opset('') ?? 0) < requiredOpset(sim)) {
-    passes.push(upgradeOpset(m, requiredOpset(sim)));
-    sim = buildSim(m, options);
-  }
-  if (sim.quantizers.size === 0) {
-    const ops = [...new Set(m.graph.nodes.map((n) => n.opType))].join(', ');
-    throw new QnnxError(
-      'E_USAGE',
-      `the model has no quantizable ops for target '${sim.target.name}' (its ops: ${ops}); nothing would be quantized`,
-      { reason: 'nothing-to-quantize' },
-    );
-  }
-  sim.computeParameterEncodings();
-  lap('prepare');
-  const seqMse = opt(options.seqMse);
-  if (seqMse) {
-    const r = await sequentialMse(sim, calib, makeRunner, seqMse);
-    passes.push(
-      summarizeLayers('sequential-mse', r, (l: SeqMseReport['layers'][number]) => ({
-        node: l.node,
-        mseRatio: l.mseMinMax > 0 ? l.mseChosen / l.mseMinMax : 1,
-        meanRatio: l.meanRatio,
-        seconds: l.seconds,
-      })),
-    );
-    lap('seqMse');
-  }
-  const ada = opt(options.adaround);
-  if (ada) {
-    const r = await adaround(sim, calib, makeRunner, ada);
-    passes.push(
-      summarizeLayers('adaround', r, (l: AdaRoundReport['layers'][number]) => ({
-        node: l.node,
-        mseRatio: l.mseNearest > 0 ? l.mseAdaRound / l.mseNearest : 1,
-        changed: l.changed,
-        iterations: l.iterations,
-        seconds: l.seconds,
-      })),
-    );
-    lap('adaround');
-  }
-  if (bc === 'analytic') {
-    passes.push(correctBiasAnalytic(sim, { bnStats }));
-    lap('biasCorrection');
-  } else if (bc) {
-    passes.push(await correctBiasEmpirical(sim, calib, makeRunner, bc === 'empirical' ? {} : bc));
-    lap('biasCorrection');
-  }
-  const plan = calibrationPlan(sim, method);
-  const t0 = performance.now();
-  let used = 0;
-  if (sim.calibratedTensors().length > 0) {
-    const runner = await makeRunner(plan.model);
-    try {
-      used = await calibrate(sim, plan, runner, calib, { method, onProgress: options.onProgress });
-    } finally {
-      await runner.release?.();
-    }
-  }
-  const calibSeconds = (performance.now() - t0) / 1000;
-  lap('calibration');
-  sim.finalizeEncodings();
-  const exported = exportQdq(sim);
-  lap('export');
-  const qs = [...sim.quantizers.values()];
-  const report: PtqQuantizeReport = {
-    preset: options.preset ?? 'w8a8',
-    target: sim.target.name,
-    range: options.range ?? 'minmax',
-    opset: { before: opsetBefore, after: exported.model.opset('') ?? 0 },
-    quantizers: {
-      activations: qs.filter((q) => q.kind === 'activation' && !q.sharedWith).length,
-      shared: qs.filter((q) => q.sharedWith).length,
-      weights: qs.filter((q) => q.kind === 'weight').length,
-      biases: qs.filter((q) => q.kind === 'bias').length,
-      constants: qs.filter((q) => q.kind === 'constant').length,
-    },
-    skipped: sim.skipped,
-    calibration: { samples: used, seconds: calibSeconds, mode: plan.mode },
-    weightBytes: { before: exported.weightBytesBefore, after: exported.weightBytesAfter },
-    passes,
-    timings,
-  };
-  return { model: exported.model, sim, report };
-}
+export const quantizeWithPtq = quantizeModel;
+export type PtqQuantizeOptions = QuantizeOptions;
+export type PtqQuantizeReport = QuantizeReport;
 
 const TECHNIQUES: Record<AutoQuantStep, string[]> = {
   ptq: [],
@@ -417,7 +255,7 @@ export async function autoQuantize(
         step: AutoQuantStep;
         model: Model;
         sim: QuantSim;
-        report: PtqQuantizeReport;
+        report: QuantizeReport;
         accuracy?: number;
         sqnrDb: number;
         within: boolean;
@@ -428,7 +266,7 @@ export async function autoQuantize(
     const step = steps[i];
     const ts = performance.now();
     const { cle: _cle, seqMse: _seq, adaround: _ada, biasCorrection: _bc, ...base } = options;
-    const out = await quantizeWithPtq(cloneModel(float), calib, makeRunner, {
+    const out = await quantizeModel(cloneModel(float), calib, makeRunner, {
       ...base,
       ...stepTechniques(step, options),
     });

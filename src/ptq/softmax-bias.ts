@@ -24,6 +24,7 @@ import { type Encoding, encodingFromRange } from '../quant/encoding.js';
 import { fakeQuantize, sqnrDb } from '../quant/quantizer.js';
 import { intScheme } from '../quant/scheme.js';
 import type { QuantSim } from '../quant/sim/quantsim.js';
+import { mulberry32 } from '../random.js';
 import type { Feeds } from '../runtime/session.js';
 import { copyModelStructure } from '../runtime/taps.js';
 import type { MakeRunner } from './bias-correction.js';
@@ -205,17 +206,6 @@ export async function correctSoftmaxBias(
 
 // ---------------------------------------------------------------------------------------------------------------
 // The S08 synthetic check
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function normals(n: number, rng: () => number, mean = 0, sigma = 1): Float32Array {
   const out = new Float32Array(n);

@@ -1,26 +1,96 @@
 /**
- * Post-training quantization, end to end: prepare the float model (Constant nodes to initializers, BatchNorm
- * folded, dead nodes removed, opset raised), place quantizers (QuantSim), compute weight encodings, calibrate
- * activations with ONNX Runtime, and export QDQ ONNX. Runs anywhere a Runner can be created (Node by default).
+ * Post-training quantization, end to end — the one PTQ pipeline behind `qnnx quantize`, AutoQuant and the
+ * benchmarks, in AIMET's order:
+ *
+ *   1. prepare: Constant nodes to initializers, BatchNorm folding (statistics kept first when CLE or analytic bias
+ *      correction need them), exact rewrites for integer kernels (affine chains into Convs, ConvTranspose(k = s)
+ *      as Conv1x1 + DepthToSpace; research part C), dead nodes removed, opset raised as the export needs;
+ *   2. cross-layer equalization with high-bias absorption (`cle`);
+ *   3. QuantSim placement (scalar affine chains left float to be absorbed after export; `rewrites.firstConvFloat`
+ *      leaves an image model's stem float), weight encodings;
+ *   4. sequential MSE weight encodings (`seqMse`), AdaRound (`adaround`), bias correction (`biasCorrection`,
+ *      empirical or analytic; the 'quantized inputs' form runs after calibration);
+ *   5. activation calibration with ONNX Runtime; softmax bias correction (`softmaxBias`);
+ *   6. QDQ export, absorption of the affine chains into the Q/DQ parameters, dead nodes, compaction (zero points
+ *      before Convs, short generated names).
+ *
+ * Runs anywhere a Runner can be created (Node by default). `samples` is read once for calibration plus once per
+ * data-driven technique, so it must be re-iterable (an array or a DataSource) when any is on.
  */
 import { QnnxError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import type { PassRecord } from '../ir/pass.js';
 import { eliminateDeadNodes, foldBatchNorm, foldConstants, upgradeOpset } from '../ir/passes/index.js';
+import { type AdaRoundModelOptions, type AdaRoundReport, adaround } from '../ptq/adaround.js';
+import {
+  correctBiasAnalytic,
+  correctBiasEmpirical,
+  type EmpiricalBiasCorrectionOptions,
+} from '../ptq/bias-correction.js';
+import { type CleOptions, collectBnStats, equalizeCrossLayer } from '../ptq/cle.js';
+import { type SeqMseOptions, type SeqMseReport, sequentialMse } from '../ptq/seq-mse.js';
+import { correctSoftmaxBias, type SoftmaxBiasOptions } from '../ptq/softmax-bias.js';
 import type { Feeds, Runner } from '../runtime/session.js';
-import { parseRangeMethod, type RangeMethod } from './analyzers/index.js';
+import { parseRangeMethod } from './analyzers/index.js';
 import { exportQdq, requiredOpset } from './export/qdq.js';
 import { getPreset, type PresetName } from './presets.js';
 import { absorbAffineIntoQdq, absorbableAffineChains } from './rewrites/affine-absorb.js';
 import { foldAffineIntoConv } from './rewrites/affine-into-conv.js';
 import { compactQdq } from './rewrites/compact.js';
 import { convTransposeToDepthToSpace } from './rewrites/convtranspose.js';
-import { exactNamePattern } from './rewrites/pipeline.js';
+import { resizeNearestToExpand } from './rewrites/resize.js';
+import { exactNamePattern, firstConvs, targetWithFloatOps } from './rewrites/select.js';
 import { calibrate, calibrationPlan } from './sim/calibrate.js';
 import { QuantSim, type QuantSimOptions } from './sim/quantsim.js';
 import { getTarget, type TargetProfile } from './sim/targets.js';
 
-export interface QuantizeOptions {
+type Samples = AsyncIterable<Feeds> | Iterable<Feeds>;
+export type MakeRunner = (m: Model) => Promise<Runner & { release?: () => Promise<void> }>;
+
+/** Graph rewrites of the pipeline (research part C); all exact except where noted. */
+export interface RewriteOptions {
+  /** Fold constant affine chains into unpadded Convs (default true). */
+  foldAffine?: boolean;
+  /** ConvTranspose(k = s) → Conv1x1 + DepthToSpace (default true). */
+  convTranspose?: boolean;
+  /**
+   * Nearest integer-factor Resize → Unsqueeze + Expand + Reshape (default false: ORT 1.30's uint8 Expand is
+   * slower than its uint8 Resize, 27 ms vs 11 ms on PP-OCRv4 det 640x640).
+   */
+  resizeToExpand?: boolean;
+  /** Leave scalar affine chains float and absorb them into the Q/DQ parameters after export (default true). */
+  absorbAffine?: boolean;
+  /** Leave Convs reading a graph input with ≤ 4 channels float (default false; a 3-channel int8 Conv is slow). */
+  firstConvFloat?: boolean;
+  /** Ops removed from the target's op lists, i.e. left float (e.g. ['Resize']). */
+  floatOps?: string[];
+  /**
+   * Post-export byte savings (compactQdq): 'zero-points' drops all-zero zero points in front of Convs; 'names'
+   * (default) also drops Q/DQ node names and gives the export's generated values short names; 'none' keeps all.
+   */
+  compact?: 'none' | 'zero-points' | 'names';
+}
+
+/** Post-training techniques (src/ptq) on top of plain calibration. */
+export interface PtqTechniques {
+  /** Cross-layer equalization with high-bias absorption, after BatchNorm folding (statistics collected before). */
+  cle?: boolean | Omit<CleOptions, 'bnStats'>;
+  /** Sequential MSE weight encodings (before AdaRound, which rounds on the chosen grid). */
+  seqMse?: boolean | SeqMseOptions;
+  /** AdaRound of the weights (before activation calibration). */
+  adaround?: boolean | AdaRoundModelOptions;
+  /**
+   * Bias correction for weight quantization: 'empirical' (float layer-input means over the samples) or 'analytic'
+   * (from BatchNorm statistics, data-free; layers without statistics are left alone), or the empirical options
+   * (`inputs: 'quantized'` measures the quantized model's inputs after calibration). AIMET applies it only when
+   * AdaRound is not used.
+   */
+  biasCorrection?: false | 'empirical' | 'analytic' | EmpiricalBiasCorrectionOptions;
+  /** Softmax bias correction (research S08) of softmax outputs feeding MatMuls, after calibration. */
+  softmaxBias?: boolean | SoftmaxBiasOptions;
+}
+
+export interface QuantizeOptions extends PtqTechniques {
   preset?: PresetName;
   /** A built-in target name or a parsed profile. Default 'ort-cpu'. */
   target?: string | TargetProfile;
@@ -38,6 +108,8 @@ export interface QuantizeOptions {
   include?: string[];
   /** Fold BatchNormalization before quantizing (default true). */
   foldBatchNorm?: boolean;
+  /** Graph rewrites (research part C); defaults in RewriteOptions. */
+  rewrites?: RewriteOptions;
   onProgress?: (done: number, total: number | undefined) => void;
 }
 
@@ -51,6 +123,8 @@ export interface QuantizeReport {
   calibration: { samples: number; seconds: number; mode: string };
   weightBytes: { before: number; after: number };
   passes: PassRecord[];
+  /** Seconds per phase (prepare, cle, seqMse, adaround, biasCorrection, calibration, softmaxBias, export). */
+  timings: Record<string, number>;
 }
 
 /** Parses --granularity into the QuantSim weight override. */
@@ -70,24 +144,31 @@ export function parseGranularity(s: string | undefined): QuantSimOptions['weight
   return { vector: { size, scaleBits: m[3] ? Number(m[3]) : 4 } };
 }
 
-/** Prepares a float model for quantization in place; returns the pass records. */
 /**
- * `rewrites`: also apply the exact rewrites for integer kernels (affine folds into Convs, ConvTranspose(k = s) to
- * Conv + DepthToSpace); tests of those rewrites turn it off to apply them one at a time.
+ * Prepares a float model for quantization in place; returns the pass records. `rewrites`: also apply the exact
+ * rewrites for integer kernels (`true` = the defaults of RewriteOptions); tests of those rewrites turn it off to
+ * apply them one at a time.
  */
-export function prepareModel(model: Model, opset: number, foldBn = true, rewrites = true): PassRecord[] {
+export function prepareModel(
+  model: Model,
+  opset: number,
+  foldBn = true,
+  rewrites: boolean | RewriteOptions = true,
+): PassRecord[] {
+  const rw: RewriteOptions = rewrites === true ? {} : rewrites === false ? NO_REWRITES : rewrites;
   const records: PassRecord[] = [];
   records.push(foldConstants(model));
   if (foldBn) records.push(foldBatchNorm(model));
-  // Exact rewrites that let more of the model run in integer kernels (research part C).
-  if (rewrites) {
-    records.push(foldAffineIntoConv(model));
-    records.push(convTransposeToDepthToSpace(model));
-  }
+  if (rw.foldAffine ?? true) records.push(foldAffineIntoConv(model));
+  if (rw.convTranspose ?? true) records.push(convTransposeToDepthToSpace(model));
   records.push(eliminateDeadNodes(model));
   if ((model.opset('') ?? 0) < opset) records.push(upgradeOpset(model, opset));
+  // After the opset upgrade: the rewrite writes opset-13 Unsqueeze (axes as an input) when the model is at 13+.
+  if (rw.resizeToExpand) records.push(resizeNearestToExpand(model));
   return records;
 }
+
+const NO_REWRITES: RewriteOptions = { foldAffine: false, convTranspose: false, resizeToExpand: false };
 
 export function buildSim(model: Model, options: QuantizeOptions): QuantSim {
   const preset = getPreset(options.preset ?? 'w8a8');
@@ -114,34 +195,77 @@ export function buildSim(model: Model, options: QuantizeOptions): QuantSim {
   });
 }
 
+const opt = <T extends object>(v: boolean | T | undefined): T | undefined =>
+  v === undefined || v === false ? undefined : v === true ? ({} as T) : v;
+
+function summarizeLayers(
+  pass: string,
+  r: { layers: object[]; skipped: unknown[]; samples: number; seconds: number },
+  pick: (l: never) => Record<string, unknown>,
+): PassRecord {
+  return {
+    pass,
+    changed: r.layers.length > 0,
+    details: {
+      layers: r.layers.map((l) => pick(l as never)),
+      skipped: r.skipped,
+      samples: r.samples,
+      seconds: r.seconds,
+    },
+  };
+}
+
 /**
- * Quantizes `model` (modified in place by the preparation passes) and returns the QDQ model and a report.
- * `makeRunner` creates an ONNX Runtime session for the calibration model.
+ * Quantizes `model` (modified in place by the preparation passes and techniques) and returns the QDQ model, the
+ * QuantSim and a report. `makeRunner` creates an ONNX Runtime session for the calibration model and the
+ * techniques' float passes; `sampleCount` (when known) is the progress total.
  */
 export async function quantizeModel(
   model: Model,
-  samples: AsyncIterable<Feeds> | Iterable<Feeds>,
-  makeRunner: (m: Model) => Promise<Runner & { release?: () => Promise<void> }>,
+  samples: Samples,
+  makeRunner: MakeRunner,
   options: QuantizeOptions = {},
   sampleCount?: number,
 ): Promise<{ model: Model; sim: QuantSim; report: QuantizeReport }> {
+  const timings: Record<string, number> = {};
+  let t = performance.now();
+  const lap = (key: string) => {
+    const now = performance.now();
+    timings[key] = (timings[key] ?? 0) + (now - t) / 1000;
+    t = now;
+  };
+  const rw = options.rewrites ?? {};
   const opsetBefore = model.opset('') ?? 0;
-  const method: RangeMethod = parseRangeMethod(options.range ?? 'minmax');
+  const method = parseRangeMethod(options.range ?? 'minmax');
+  const cleOptions = opt(options.cle);
+  const bc = options.biasCorrection;
+  const bnStats = cleOptions !== undefined || bc === 'analytic' ? collectBnStats(model) : undefined;
+  const target = targetWithFloatOps(options.target, rw.floatOps ?? []);
+  const base: QuantizeOptions = { ...options, target };
   // Place once to learn the opset the export needs, then prepare and place for real.
-  const probe = buildSim(model, options);
-  const passes = prepareModel(model, requiredOpset(probe), options.foldBatchNorm ?? true);
+  const passes = prepareModel(model, requiredOpset(buildSim(model, base)), options.foldBatchNorm ?? true, rw);
+  if (cleOptions) {
+    lap('prepare');
+    passes.push(equalizeCrossLayer(model, { ...cleOptions, bnStats }));
+    lap('cle');
+  }
   // Scalar affine chains (z = a·t + b) stay float here and are absorbed into the quantization parameters after
   // export, so they cost nothing at run time.
-  const absorbable = absorbableAffineChains(model).nodes.map(exactNamePattern);
-  let sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+  const excluded = [
+    ...((rw.absorbAffine ?? true) ? absorbableAffineChains(model).nodes : []),
+    ...(rw.firstConvFloat ? firstConvs(model) : []),
+  ].map(exactNamePattern);
+  const simOptions: QuantizeOptions = { ...base, exclude: [...(options.exclude ?? []), ...excluded] };
+  let sim = buildSim(model, simOptions);
   // Weights behind Constant nodes get quantizers only after preparation: the opset may need raising again.
   if ((model.opset('') ?? 0) < requiredOpset(sim)) {
     passes.push(upgradeOpset(model, requiredOpset(sim)));
-    sim = buildSim(model, { ...options, exclude: [...(options.exclude ?? []), ...absorbable] });
+    sim = buildSim(model, simOptions);
   }
   if (sim.quantizers.size === 0 && hasSubgraphs(model)) {
     // A control-flow model whose computation lives in If/Loop/Scan bodies: they stay float (see docs/quantize.md).
-    return { model, sim, report: emptyReport(options, sim, opsetBefore, model, passes) };
+    lap('prepare');
+    return { model, sim, report: emptyReport(options, sim, opsetBefore, model, passes, timings) };
   }
   if (sim.quantizers.size === 0) {
     const ops = [...new Set(model.graph.nodes.map((n) => n.opType))].join(', ');
@@ -152,6 +276,43 @@ export async function quantizeModel(
     );
   }
   sim.computeParameterEncodings();
+  lap('prepare');
+  const seqMse = opt(options.seqMse);
+  if (seqMse) {
+    const r = await sequentialMse(sim, samples, makeRunner, seqMse);
+    passes.push(
+      summarizeLayers('sequential-mse', r, (l: SeqMseReport['layers'][number]) => ({
+        node: l.node,
+        mseRatio: l.mseMinMax > 0 ? l.mseChosen / l.mseMinMax : 1,
+        meanRatio: l.meanRatio,
+        seconds: l.seconds,
+      })),
+    );
+    lap('seqMse');
+  }
+  const ada = opt(options.adaround);
+  if (ada) {
+    const r = await adaround(sim, samples, makeRunner, ada);
+    passes.push(
+      summarizeLayers('adaround', r, (l: AdaRoundReport['layers'][number]) => ({
+        node: l.node,
+        mseRatio: l.mseNearest > 0 ? l.mseAdaRound / l.mseNearest : 1,
+        changed: l.changed,
+        iterations: l.iterations,
+        seconds: l.seconds,
+      })),
+    );
+    lap('adaround');
+  }
+  const bcOptions: EmpiricalBiasCorrectionOptions | undefined =
+    bc === 'empirical' ? {} : typeof bc === 'object' ? bc : undefined;
+  if (bc === 'analytic') {
+    passes.push(correctBiasAnalytic(sim, { bnStats }));
+    lap('biasCorrection');
+  } else if (bcOptions && bcOptions.inputs !== 'quantized') {
+    passes.push(await correctBiasEmpirical(sim, samples, makeRunner, bcOptions));
+    lap('biasCorrection');
+  }
   const plan = calibrationPlan(sim, method);
   const t0 = performance.now();
   let used = 0;
@@ -170,12 +331,24 @@ export async function quantizeModel(
       await runner.release?.();
     }
   }
-  const seconds = (performance.now() - t0) / 1000;
+  const calibSeconds = (performance.now() - t0) / 1000;
+  lap('calibration');
+  if (bcOptions?.inputs === 'quantized') {
+    passes.push(await correctBiasEmpirical(sim, samples, makeRunner, bcOptions));
+    lap('biasCorrection');
+  }
+  const softmax = opt(options.softmaxBias);
+  if (softmax) {
+    passes.push(await correctSoftmaxBias(sim, samples, makeRunner, softmax));
+    lap('softmaxBias');
+  }
   sim.finalizeEncodings();
   const exported = exportQdq(sim);
-  passes.push(absorbAffineIntoQdq(exported.model));
+  if (rw.absorbAffine ?? true) passes.push(absorbAffineIntoQdq(exported.model));
   passes.push(eliminateDeadNodes(exported.model));
-  passes.push(compactQdq(exported.model));
+  const compact = rw.compact ?? 'names';
+  if (compact !== 'none') passes.push(compactQdq(exported.model, { shortNames: compact === 'names' }));
+  lap('export');
   const qs = [...sim.quantizers.values()];
   const report: QuantizeReport = {
     preset: options.preset ?? 'w8a8',
@@ -189,10 +362,11 @@ export async function quantizeModel(
       biases: qs.filter((q) => q.kind === 'bias').length,
       constants: qs.filter((q) => q.kind === 'constant').length,
     },
-    skipped: sim.skipped.filter((k) => !absorbable.includes(exactNamePattern(k.node))),
-    calibration: { samples: used, seconds, mode: plan.mode },
+    skipped: sim.skipped.filter((k) => !excluded.includes(exactNamePattern(k.node))),
+    calibration: { samples: used, seconds: calibSeconds, mode: plan.mode },
     weightBytes: { before: exported.weightBytesBefore, after: exported.weightBytesAfter },
     passes,
+    timings,
   };
   return { model: exported.model, sim, report };
 }
@@ -207,6 +381,7 @@ function emptyReport(
   opsetBefore: number,
   model: Model,
   passes: PassRecord[],
+  timings: Record<string, number>,
 ): QuantizeReport {
   return {
     preset: options.preset ?? 'w8a8',
@@ -224,5 +399,6 @@ function emptyReport(
     calibration: { samples: 0, seconds: 0, mode: 'none' },
     weightBytes: { before: 0, after: 0 },
     passes,
+    timings,
   };
 }

@@ -14,6 +14,7 @@ import {
 } from '../../src/ptq/softmax-bias.js';
 import { parseRangeMethod } from '../../src/quant/analyzers/index.js';
 import { exportQdq } from '../../src/quant/export/qdq.js';
+import { quantizeModel } from '../../src/quant/quantize.js';
 import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
 import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
@@ -22,6 +23,51 @@ import { mulberry32, normalSampler } from '../quant/synthetic.js';
 
 const f32 = (dims: number[], data: Float32Array) => ({ dtype: DataType.FLOAT, dims, data });
 const makeRunner = (m: Model) => Session.create(m);
+
+// A 1-layer, two-head attention graph (L = 256 keys) and its input samples.
+const L = 256;
+const D = 64;
+const H = 2;
+const dh = D / H;
+const build = (): Model => {
+  const z = normalSampler(mulberry32(3));
+  const m = new Model();
+  m.setOpset('', 13);
+  const g = m.graph;
+  g.inputs.push(valueInfo('x', DataType.FLOAT, [1, L, D]));
+  g.outputs.push(valueInfo('y', DataType.FLOAT, [1, H, L, dh]));
+  const b = new GraphBuilder(g);
+  // Per-head logit scales σ = 1 and 2 (folded into Wq), V = x·Wv + 1.
+  const sig = [1, 2];
+  const wq = Float32Array.from(
+    { length: D * D },
+    (_, i) => (sig[Math.floor((i % D) / dh)] * z()) / Math.sqrt(D),
+  );
+  const wk = Float32Array.from({ length: D * D }, () => z() / Math.sqrt(D));
+  const wv = Float32Array.from({ length: D * D }, () => (0.5 * z()) / Math.sqrt(D));
+  const heads = (t: string, perm: number[]) => {
+    const r = b.op('Reshape', [t, b.int64s('shape', [4], [1, L, H, dh])]);
+    return b.op('Transpose', [r], { perm });
+  };
+  const q = heads(b.op('MatMul', ['x', b.floats('Wq', [D, D], wq)]), [0, 2, 1, 3]);
+  const k = heads(b.op('MatMul', ['x', b.floats('Wk', [D, D], wk)]), [0, 2, 3, 1]);
+  const vx = b.op('MatMul', ['x', b.floats('Wv', [D, D], wv)]);
+  const v = heads(b.op('Add', [vx, b.floats('bv', [D], Array(D).fill(1))]), [0, 2, 1, 3]);
+  const logits = b.op('Mul', [b.op('MatMul', [q, k]), b.floats('scale', [], [1 / Math.sqrt(dh)])]);
+  const p = b.op('Softmax', [logits], { axis: -1 }, 'softmax');
+  b.node('MatMul', [p, v], { outputs: ['y'], name: 'pv' });
+  return m;
+};
+const m = build();
+const sample = (seed: number): Feeds => {
+  const zz = normalSampler(mulberry32(seed));
+  return {
+    x: f32(
+      [1, L, D],
+      Float32Array.from({ length: L * D }, () => zz()),
+    ),
+  };
+};
 
 describe('softmax bias correction', () => {
   test('S08 table: mean Σp̂, corrected row sums and SQNR(P·V) before → after', () => {
@@ -51,49 +97,6 @@ describe('softmax bias correction', () => {
   });
 
   test('attention graph (2 heads, L=256) W8A8 with an 8-bit [0, 1] softmax: ≥ 5 dB better', async () => {
-    const L = 256;
-    const D = 64;
-    const H = 2;
-    const dh = D / H;
-    const build = (): Model => {
-      const z = normalSampler(mulberry32(3));
-      const m = new Model();
-      m.setOpset('', 13);
-      const g = m.graph;
-      g.inputs.push(valueInfo('x', DataType.FLOAT, [1, L, D]));
-      g.outputs.push(valueInfo('y', DataType.FLOAT, [1, H, L, dh]));
-      const b = new GraphBuilder(g);
-      // Per-head logit scales σ = 1 and 2 (folded into Wq), V = x·Wv + 1.
-      const sig = [1, 2];
-      const wq = Float32Array.from(
-        { length: D * D },
-        (_, i) => (sig[Math.floor((i % D) / dh)] * z()) / Math.sqrt(D),
-      );
-      const wk = Float32Array.from({ length: D * D }, () => z() / Math.sqrt(D));
-      const wv = Float32Array.from({ length: D * D }, () => (0.5 * z()) / Math.sqrt(D));
-      const heads = (t: string, perm: number[]) => {
-        const r = b.op('Reshape', [t, b.int64s('shape', [4], [1, L, H, dh])]);
-        return b.op('Transpose', [r], { perm });
-      };
-      const q = heads(b.op('MatMul', ['x', b.floats('Wq', [D, D], wq)]), [0, 2, 1, 3]);
-      const k = heads(b.op('MatMul', ['x', b.floats('Wk', [D, D], wk)]), [0, 2, 3, 1]);
-      const vx = b.op('MatMul', ['x', b.floats('Wv', [D, D], wv)]);
-      const v = heads(b.op('Add', [vx, b.floats('bv', [D], Array(D).fill(1))]), [0, 2, 1, 3]);
-      const logits = b.op('Mul', [b.op('MatMul', [q, k]), b.floats('scale', [], [1 / Math.sqrt(dh)])]);
-      const p = b.op('Softmax', [logits], { axis: -1 }, 'softmax');
-      b.node('MatMul', [p, v], { outputs: ['y'], name: 'pv' });
-      return m;
-    };
-    const m = build();
-    const sample = (seed: number): Feeds => {
-      const zz = normalSampler(mulberry32(seed));
-      return {
-        x: f32(
-          [1, L, D],
-          Float32Array.from({ length: L * D }, () => zz()),
-        ),
-      };
-    };
     const calib = [1, 2, 3, 4].map(sample);
     const held = [11, 12, 13].map(sample);
     const ref = await Session.create(m);
@@ -140,5 +143,42 @@ describe('softmax bias correction', () => {
     assert.deepEqual(c.matmuls, ['pv']);
     assert.equal(c.betaLsb.length, H);
     assert.ok(corrected.db - plain.db >= 5, `gain ${(corrected.db - plain.db).toFixed(2)} dB`);
+  });
+
+  test('quantizeModel with softmaxBias (qnnx quantize --softmax-bias): the pass runs after calibration', async () => {
+    const calib = [1, 2, 3, 4].map(sample);
+    const held = [11, 12, 13].map(sample);
+    const ref = await Session.create(build());
+    const refOut: Float32Array[] = [];
+    for (const f of held) refOut.push((await ref.run(f)).y.data as Float32Array);
+    await ref.release();
+    const sqnr = async (softmaxBias: boolean) => {
+      const { model, report } = await quantizeModel(build(), calib, makeRunner, {
+        softmaxBias,
+      });
+      const s = await Session.create(model);
+      let sig2 = 0;
+      let noise = 0;
+      for (let i = 0; i < held.length; i++) {
+        const out = (await s.run(held[i])).y.data as Float32Array;
+        for (let j = 0; j < out.length; j++) {
+          sig2 += refOut[i][j] ** 2;
+          noise += (refOut[i][j] - out[j]) ** 2;
+        }
+      }
+      await s.release();
+      return { db: 10 * Math.log10(sig2 / noise), report };
+    };
+    const plain = await sqnr(false);
+    const corrected = await sqnr(true);
+    const rec = corrected.report.passes.find((p) => p.pass === 'softmax-bias-correction');
+    assert.ok(rec?.changed, 'softmax bias correction recorded as a pass');
+    assert.ok(corrected.report.timings.softmaxBias > 0);
+    assert.equal(
+      plain.report.passes.some((p) => p.pass === 'softmax-bias-correction'),
+      false,
+    );
+    console.log(`quantizeModel softmaxBias: SQNR ${plain.db.toFixed(1)} → ${corrected.db.toFixed(1)} dB`);
+    assert.ok(corrected.db - plain.db >= 3, `gain ${(corrected.db - plain.db).toFixed(2)} dB`);
   });
 });

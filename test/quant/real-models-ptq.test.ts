@@ -29,8 +29,8 @@ import { available, SENTENCES, VOICES } from '../../bench/assets/render.js';
 import { loadModel, modelToBytes } from '../../src/io/model-file.js';
 import type { Model } from '../../src/ir/model.js';
 import { exportQdq } from '../../src/quant/export/qdq.js';
-import { prepareModel } from '../../src/quant/quantize.js';
-import { quantizeWithRewrites, specializeControlFlow } from '../../src/quant/rewrites/index.js';
+import { prepareModel, quantizeModel } from '../../src/quant/quantize.js';
+import { specializeControlFlow } from '../../src/quant/rewrites/index.js';
 import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import { type Feeds, Session } from '../../src/runtime/session.js';
@@ -39,6 +39,8 @@ const tools = available();
 const skipImages = !tools.images && 'ImageMagick (convert) and fonts-dejavu are not installed';
 const skipSpeech = !tools.speech && 'espeak-ng and sox are not installed';
 const makeRunner = (m: Model) => Session.create(m);
+/** The configuration the real-model benchmark reports: default rewrites plus empirical bias correction. */
+const BC = { biasCorrection: 'empirical' } as const;
 
 async function compare(a: Session, b: Session, samples: Feeds[]): Promise<Sqnr> {
   const s = new Sqnr();
@@ -53,7 +55,7 @@ describe('real-model W8A8 PTQ', () => {
   test('PP-OCR cls on rendered text lines', { skip: skipImages }, async () => {
     const calib = await Promise.all(Array.from({ length: 12 }, (_, i) => clsInput(i)));
     const held = await Promise.all(Array.from({ length: 12 }, (_, i) => clsInput(100 + i)));
-    const q = await quantizeWithRewrites(loadModel(MODELS.cls), calib, makeRunner);
+    const q = await quantizeModel(loadModel(MODELS.cls), calib, makeRunner, BC);
     const bytes = modelToBytes(q.model);
     assert.ok(q.sim.quantizers.size > 100);
     assert.ok(bytes.length < 0.6 * modelToBytes(loadModel(MODELS.cls)).length, `${bytes.length} bytes`);
@@ -81,7 +83,7 @@ describe('real-model W8A8 PTQ', () => {
         out.push(...embeddingWindows(Object.values(await mel.run(melInput(clips[i]!)))[0]!));
       return out;
     };
-    const q = await quantizeWithRewrites(loadModel(MODELS.emb), await windows([0, 2, 4]), makeRunner);
+    const q = await quantizeModel(loadModel(MODELS.emb), await windows([0, 2, 4]), makeRunner, BC);
     const emb = await Session.create(MODELS.emb);
     const s = await compare(emb, await Session.create(modelToBytes(q.model)), await windows([1, 3, 5]));
     assert.ok(s.db >= 13, `embedding SQNR ${s.db.toFixed(1)} dB`);
@@ -108,7 +110,7 @@ describe('real-model W8A8 PTQ', () => {
     const calib = (await runVad(f, 5, clips[0]!)).feeds.filter((_, i) => i % 2 === 0);
 
     // As shipped: the network sits in If branches; QuantSim only quantizes the main graph, so nothing changes.
-    const q = await quantizeWithRewrites(loadModel(MODELS.vad5), calib, makeRunner);
+    const q = await quantizeModel(loadModel(MODELS.vad5), calib, makeRunner, BC);
     assert.equal(q.sim.quantizers.size, 0);
     const same = await Session.create(modelToBytes(q.model));
     const s0 = new Sqnr();
@@ -123,7 +125,7 @@ describe('real-model W8A8 PTQ', () => {
     const pa = (await runVad(f, 5, clips[1]!)).probs;
     const pb = (await runVad(spec, 5, clips[1]!)).probs;
     assert.deepEqual(Array.from(pb), Array.from(pa));
-    const qi = await quantizeWithRewrites(m, withoutInputs(calib, ['sr']), makeRunner);
+    const qi = await quantizeModel(m, withoutInputs(calib, ['sr']), makeRunner, BC);
     assert.ok([...qi.sim.quantizers.values()].filter((x) => x.kind === 'weight').length >= 5);
     const i8 = await Session.create(modelToBytes(qi.model));
     const s = new Sqnr();

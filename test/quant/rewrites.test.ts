@@ -15,6 +15,7 @@ import type { Model } from '../../src/ir/model.js';
 import { foldBatchNorm, foldConstants } from '../../src/ir/passes/index.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType } from '../../src/onnx/dtype.js';
+import { correctBiasEmpirical } from '../../src/ptq/bias-correction.js';
 import { exportQdq } from '../../src/quant/export/qdq.js';
 import { buildSim, prepareModel } from '../../src/quant/quantize.js';
 import { fakeQuantize } from '../../src/quant/quantizer.js';
@@ -22,11 +23,9 @@ import {
   absorbAffineIntoQdq,
   absorbableAffineChains,
   convTransposeToDepthToSpace,
-  correctWeightRoundingBias,
   exactNamePattern,
   firstConvs,
   foldAffineIntoConv,
-  inputChannelMeans,
   resizeNearestToExpand,
 } from '../../src/quant/rewrites/index.js';
 import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
@@ -396,7 +395,7 @@ describe('firstConvs and bias correction', () => {
     assert.deepEqual(firstConvs(m), ['p2o.Conv.0']);
   });
 
-  test('correctWeightRoundingBias removes the mean error of int8 weights', async () => {
+  test('empirical bias correction removes the mean error of int8 weights', async () => {
     const m = newModel(13);
     addInput(m, 'x', [1, 16, 6, 6]);
     const b = new GraphBuilder(m.graph);
@@ -430,8 +429,7 @@ describe('firstConvs and bias correction', () => {
       return e / samples.length;
     };
     const before = await meanError();
-    const means = await inputChannelMeans(m, host, (mm) => Session.create(mm));
-    const rec = correctWeightRoundingBias(m, means, (w) => (w === 'w' ? enc : undefined));
+    const rec = await correctBiasEmpirical(sim, host, (mm) => Session.create(mm));
     assert.equal(rec.details.corrected, 1);
     const after = await meanError();
     assert.ok(after < before / 5, `mean error ${before} → ${after}`);
