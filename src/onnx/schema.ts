@@ -261,6 +261,14 @@ message OptionalProto {
 }
 `;
 
+// Strings are decoded as WHATWG UTF-8 (each invalid sequence becomes U+FFFD), as Node's Buffer decoding already
+// does. protobufjs' own decoder turns some invalid sequences into lone UTF-16 surrogates, which it then encodes
+// as different invalid bytes: a name with a corrupt byte would change on every load → save (found by fuzzing:
+// seeds 776611078 and 3832739475 of bench/fuzz.ts). With replacement characters, load → save is a fixed point.
+const utf8Decoder = new TextDecoder('utf-8');
+protobuf.util.utf8.read = (buffer: Uint8Array, start: number, end: number): string =>
+  end - start < 1 ? '' : utf8Decoder.decode(buffer.subarray(start, end));
+
 // resolveAll() applies field options such as [packed = true]; without it protobufjs writes packed fields unpacked.
 export const onnxRoot: protobuf.Root = protobuf.parse(ONNX_PROTO, { keepCase: true }).root;
 onnxRoot.resolveAll();

@@ -5,6 +5,8 @@
  * script bench/fuzz.ts runs the same core for as many mutations as asked.
  */
 import assert from 'node:assert/strict';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { test } from 'node:test';
 import {
   caseSeed,
@@ -14,6 +16,7 @@ import {
   mutate,
   prepareModel,
   runFuzz,
+  tryLoad,
 } from '../../bench/fuzz.js';
 
 const MUTATIONS = 3000;
@@ -52,4 +55,16 @@ test(`${MUTATIONS} seeded mutations of real models load or throw a QnnxError`, {
   // The fuzzer must exercise both outcomes, and more than one error path.
   assert.ok(report.ok > MUTATIONS / 20, `only ${report.ok} mutations loaded`);
   assert.ok(Object.keys(report.byCode).length >= 3, `error codes seen: ${Object.keys(report.byCode)}`);
+});
+
+test('corrupt UTF-8 in names loads as U+FFFD and re-encodes to a fixed point (fuzz seeds of 100k run)', () => {
+  // bench/fuzz.ts seeds whose bit flips land in a string (an opset domain of Silero v4, a dim_param of PP-OCR cls).
+  const file = path.join(os.tmpdir(), 'qnnx-fuzz-utf8.onnx');
+  for (const [seed, model] of [
+    [776611078, 3],
+    [3832739475, 4],
+  ] as const) {
+    const m = mutate(prepareModel(FUZZ_MODELS[model]), seed);
+    assert.deepEqual(tryLoad(m.bytes, file), { status: 'ok' }, `seed ${seed}`);
+  }
 });
