@@ -29,8 +29,9 @@ export {
 } from './quant/export/aimet.js';
 export { exportDynamicInt8 } from './quant/export/dynamic.js';
 export { convertToFloat16 } from './quant/export/fp16.js';
-export { exportWeightOnly } from './quant/export/matmulnbits.js';
+export { exportWeightOnly, weightOnlySimulation } from './quant/export/matmulnbits.js';
 export { exportQdq } from './quant/export/qdq.js';
+export { correctWeightOnlyBias } from './quant/export/weight-only.js';
 export { PRESETS, type PresetName } from './quant/presets.js';
 export { type QuantizeOptions, type QuantizeReport, quantizeModel } from './quant/quantize.js';
 export { dequantize, fakeQuantize, quantize, sqnrDb } from './quant/quantizer.js';

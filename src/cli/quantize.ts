@@ -6,13 +6,13 @@ import { isQnnxError, QnnxError } from '../errors.js';
 import type { Labels } from '../eval/index.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
-import { upgradeOpset } from '../ir/passes/index.js';
 import { autoQuantize } from '../ptq/autoquant.js';
 import { exportDynamicInt8 } from '../quant/export/dynamic.js';
 import { convertToFloat16 } from '../quant/export/fp16.js';
 import { exportWeightOnly } from '../quant/export/matmulnbits.js';
+import { correctWeightOnlyBias } from '../quant/export/weight-only.js';
 import { PRESETS, type PresetName } from '../quant/presets.js';
-import { type QuantizeOptions, quantizeModel } from '../quant/quantize.js';
+import { prepareModel, type QuantizeOptions, quantizeModel } from '../quant/quantize.js';
 import { getTarget, parseTarget, TARGETS, type TargetProfile } from '../quant/sim/targets.js';
 import { Session } from '../runtime/session.js';
 import { bytes, table } from './format.js';
@@ -87,7 +87,7 @@ export function registerQuantize(
     .option('--input-name <name>', 'model input the .npy samples feed (default: the first input)')
     .option(
       '--weight-only [form]',
-      'weight-only MatMul compression without calibration: matmulnbits (default) or blocked-dq; bits from --weights (default int4), block from --granularity block:N (default 32)',
+      'weight-only compression of Conv/ConvTranspose/Gemm/MatMul weights (int4 DequantizeLinear; MatMuls as matmulnbits (default) or blocked-dq); bits from --weights (default int4), --granularity channel or block:N (default: channels for convs, blocks of 32 for MatMul), --range minmax|mse; with --calib, bias correction',
     )
     .option('--cle', 'cross-layer equalization with high-bias absorption before quantizing')
     .option(
@@ -159,7 +159,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     );
   }
   if (opts.weightOnly || opts.preset === 'int8-dynamic' || opts.preset === 'fp16')
-    return uncalibrated(file, opts);
+    return await uncalibrated(file, opts);
   if (!opts.calib) throw new QnnxError('E_USAGE', '--calib is required for calibrated presets');
   const limit = opts.samples === undefined ? undefined : Number(opts.samples);
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
@@ -291,8 +291,11 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   );
 }
 
-/** Presets that need no calibration data: dynamic int8, fp16 and weight-only MatMul compression. */
-function uncalibrated(file: string, opts: QuantizeCliOptions): void {
+/**
+ * Presets that need no calibration data: dynamic int8, fp16 and weight-only compression (which uses --calib,
+ * when given, for bias correction).
+ */
+async function uncalibrated(file: string, opts: QuantizeCliOptions): Promise<void> {
   const t0 = performance.now();
   const model = loadModel(file);
   const bytesBefore = fs.statSync(file).size;
@@ -306,17 +309,48 @@ function uncalibrated(file: string, opts: QuantizeCliOptions): void {
     const bits = opts.weights ? Number(/^u?int(\d+)$/.exec(opts.weights)?.[1]) : 4;
     if (bits !== 4 && bits !== 8)
       throw new QnnxError('E_USAGE', '--weight-only supports int4 and int8 weights');
-    const block = opts.granularity ? /^block:(\d+)$/.exec(opts.granularity)?.[1] : '32';
-    if (!block) throw new QnnxError('E_USAGE', '--weight-only takes --granularity block:N');
-    if (form === 'blocked-dq' && (model.opset('') ?? 0) < 21) upgradeOpset(model, 21);
-    const r = exportWeightOnly(model, { bits, blockSize: Number(block), form, exclude: opts.exclude });
+    if (opts.calib === undefined && opts.samples !== undefined) {
+      throw new QnnxError('E_USAGE', '--samples needs --calib');
+    }
+    const g = opts.granularity ?? '';
+    const block = /^block:(\d+)$/.exec(g)?.[1];
+    if (g && g !== 'channel' && !block) {
+      throw new QnnxError('E_USAGE', `--weight-only takes --granularity channel or block:N, got '${g}'`);
+    }
+    const range = opts.range === undefined || opts.range === 'minmax' ? 'minmax' : opts.range;
+    if (range !== 'minmax' && range !== 'mse') {
+      throw new QnnxError('E_USAGE', `--weight-only takes --range minmax or mse, got '${range}'`);
+    }
+    // BatchNorm folds into the Convs first: ONNX Runtime cannot fold it once a DequantizeLinear feeds the weight.
+    const opsetBefore = model.opset('') ?? 0;
+    prepareModel(model, form === 'blocked-dq' ? 21 : opsetBefore, opts.foldBn);
+    const r = exportWeightOnly(model, {
+      bits,
+      blockSize: block ? Number(block) : 32,
+      granularity: g === 'channel' ? 'channel' : block ? 'block' : undefined,
+      range,
+      form,
+      exclude: opts.exclude,
+    });
+    let correction: Record<string, unknown> | undefined;
+    if (opts.calib) {
+      const inputName =
+        opts.inputName ?? model.graph.inputs.find((v) => !model.graph.initializer(v.name))?.name;
+      const limit = opts.samples === undefined ? undefined : Number(opts.samples);
+      const data = await openDataSource(opts.calib, { inputName, limit });
+      const c = await correctWeightOnlyBias(model, r, data, (m) => Session.create(m, { name: file }));
+      correction = { corrected: c.corrected, skipped: c.skipped.length, relativeShift: c.relativeShift };
+    }
     out = r.model;
     detail = {
       preset: `weight-only-int${bits}`,
       form,
-      blockSize: Number(block),
+      granularity: g || 'default',
+      range,
+      opset: { before: opsetBefore, after: out.opset('') ?? 0 },
       replaced: r.replaced,
       skipped: r.skipped,
+      ...(correction ? { biasCorrection: correction } : {}),
     };
   } else if (opts.preset === 'int8-dynamic') {
     const r = exportDynamicInt8(model, { exclude: opts.exclude });

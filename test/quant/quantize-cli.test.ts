@@ -127,6 +127,39 @@ describe('qnnx quantize: success', () => {
   });
 });
 
+describe('qnnx quantize --weight-only', () => {
+  test('int4 per channel with bias correction from --calib: every layer replaced, under 0.15x the bytes', () => {
+    const r = quantize([
+      MODEL,
+      '--weight-only',
+      '--granularity',
+      'channel',
+      '--calib',
+      CALIB,
+      '--samples',
+      '32',
+      '--json',
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.preset, 'weight-only-int4');
+    assert.equal(j.granularity, 'channel');
+    assert.deepEqual(j.opset, { before: 13, after: 21 });
+    assert.equal(j.replaced, 4, 'two Convs and two Gemms');
+    assert.equal(j.biasCorrection.corrected, 4);
+    assert.equal(j.bytesAfter, fs.statSync(r.out).size);
+    assert.ok(j.bytesAfter < 0.15 * j.bytesBefore, `${j.bytesAfter} / ${j.bytesBefore}`);
+  });
+
+  test('a granularity it cannot use is refused', () => {
+    assertRefused(
+      quantize([MODEL, '--weight-only', '--granularity', 'vector:16']),
+      /channel or block:N.*vector:16/,
+      2,
+    );
+  });
+});
+
 describe('qnnx quantize: refused inputs', () => {
   test('calibration data of the wrong shape ([1,3,28,28])', () => {
     const data = new Float32Array(3 * 784);

@@ -18,21 +18,43 @@
  *
  * Both dequantize exactly as ONNX DequantizeLinear does, w' = (q - zp) * scale in float32, so a float MatMul with
  * `dequantizedWeight` (our simulation) is what the exported model computes. The input model is not modified.
+ *
+ * Conv, ConvTranspose and Gemm weights (on by default, `ops`) become int4/int8 initializers behind a standard
+ * DequantizeLinear feeding the float op, per output channel or in blocks along the input channels (weight-only.ts).
+ * Int4 and blocked DequantizeLinear need opset 21: the copy is upgraded when the model is older (`upgradeOpset`).
+ * Fold BatchNormalization into the Convs first (prepareModel): with a DequantizeLinear in front of the weight,
+ * ONNX Runtime no longer folds it at load time.
  */
 import { QnnxError } from '../../errors.js';
 import { GraphBuilder } from '../../ir/builder.js';
 import type { Graph, Node } from '../../ir/graph.js';
 import type { Model } from '../../ir/model.js';
+import { upgradeOpset as upgradeModelOpset } from '../../ir/passes/opset-upgrade.js';
 import { constantNodeTensor } from '../../ir/passes/shape-inference.js';
-import type { Tensor } from '../../ir/tensor.js';
+import { Tensor } from '../../ir/tensor.js';
 import { DataType } from '../../onnx/dtype.js';
-import { decodeToFloat32, packSubByte } from '../../onnx/formats.js';
+import { decodeToFloat32 } from '../../onnx/formats.js';
+import { AttributeType } from '../../onnx/proto.js';
 import { copyModelStructure } from '../../runtime/taps.js';
 import { type Encoding, encodingFromRange, groupRanges, scaleDimsFor } from '../encoding.js';
 import { dequantize, quantize } from '../quantizer.js';
-import { intRange, intScheme, type QuantScheme, storageType } from '../scheme.js';
+import { intRange, intScheme, type QuantScheme } from '../scheme.js';
 import type { QuantSim } from '../sim/quantsim.js';
 import { matcher } from '../sim/quantsim.js';
+import {
+  emitDequantizeLinear,
+  type QuantizedWeight,
+  quantizeWeight,
+  type ScaleType,
+  WEIGHT_ONLY_OPS,
+  type WeightOnlyBiasCorrection,
+  type WeightOnlyOp,
+  type WeightRange,
+  weightAxes,
+  weightNamer,
+  weightScheme,
+  weightSqnr,
+} from './weight-only.js';
 
 export type WeightOnlyForm = 'matmulnbits' | 'blocked-dq';
 
@@ -52,17 +74,57 @@ export interface WeightOnlyOptions {
   /** 'matmulnbits' form: fold a following Add of a constant [N] into MatMulNBits' bias input (default true). */
   fuseBias?: boolean;
   /**
-   * Take the weight encodings from this QuantSim (its weight quantizers must be integer, 4 or 8 bits, blocked
-   * along axis 0 with a block size that MatMulNBits accepts). Weights it has no encoding for are computed here.
+   * Take the weight encodings from this QuantSim (its weight quantizers must be integer, 4 or 8 bits; MatMul:
+   * blocked along axis 0 with a block size that MatMulNBits accepts; Conv/ConvTranspose/Gemm: per channel or blocked
+   * on any axis). Weights it has no usable encoding for are computed here.
    */
   sim?: QuantSim;
+  /** Op types whose constant weights are compressed (default all: MatMul, Gemm, Conv, ConvTranspose). */
+  ops?: readonly WeightOnlyOp[];
+  /**
+   * Scale granularity. Default: Conv, ConvTranspose and Gemm weights per output channel, MatMul weights in blocks
+   * of `blockSize` along K. 'block': every weight in blocks of `blockSize` along its reduction axis (Conv: input
+   * channels). 'channel': every weight per output channel (MatMul: one MatMulNBits block spanning K, the next power
+   * of two ≥ K, at most 256; longer K keeps blocks of 256).
+   */
+  granularity?: 'channel' | 'block';
+  /** Depthwise Conv weights (one input channel per group), always per channel: 8 bits (default) or 4. */
+  depthwiseBits?: 4 | 8;
+  /** Weight ranges: 'minmax' (default) or 'mse' (per group, the clipping ratio minimizing the weight error). */
+  range?: WeightRange;
+  /**
+   * Conv/ConvTranspose/Gemm scales: 'float32' (default) or 'float16' (DequantizeLinear to float16, then a Cast to
+   * float32; halves the scale bytes, which matters only with blocks).
+   */
+  scaleType?: ScaleType;
+  /** Short names (`w12q`, `w12s`, `w12`) for the initializers and values the export adds (default true). */
+  shortNames?: boolean;
+  /**
+   * Upgrade the copy to opset 21 when int4 or blocked DequantizeLinear needs it (default true); false: throw
+   * E_OPSET instead.
+   */
+  upgradeOpset?: boolean;
 }
 
 export interface WeightOnlyLayer {
   node: string;
+  /** The node's op type (MatMul, Gemm, Conv, ConvTranspose). */
+  op: string;
   weight: string;
+  /** Reduction length per output (Conv: input channels per group × kernel size). */
   K: number;
+  /** Output channels. */
   N: number;
+  /** Stored bits (4 or 8). */
+  bits: number;
+  /** 'block:N' or 'channel'. */
+  granularity: string;
+  /** 'matmulnbits' or 'dq' (DequantizeLinear → float op). */
+  form: 'matmulnbits' | 'dq';
+  /** The activation input (input 0) of the layer. */
+  input: string;
+  /** The output of the node that computes the layer in the exported model (MatMulNBits: after a fused bias). */
+  output: string;
   /** SQNR of the dequantized weight against the float weight, in dB. */
   weightSqnrDb: number;
   biasFused: boolean;
@@ -70,15 +132,19 @@ export interface WeightOnlyLayer {
 
 export interface WeightOnlyResult {
   model: Model;
-  /** MatMuls replaced. */
+  /** Weighted nodes whose weight was replaced (MatMul, Gemm, Conv, ConvTranspose). */
   replaced: number;
   /** Bytes of the float weights that were replaced. */
   bytesBefore: number;
   /** Bytes of what replaced them: packed weights, scales and zero points. */
   bytesAfter: number;
   layers: WeightOnlyLayer[];
-  /** MatMuls left float, with the reason. */
+  /** Weighted nodes left float, with the reason. */
   skipped: { node: string; reason: string }[];
+  /** The opset upgrade applied to the copy (from, to), when one was needed. */
+  opsetUpgrade?: { from: number; to: number };
+  /** Per replaced weight (by its float name): the float32 values the exported model computes with. */
+  dequantized: Map<string, Float32Array>;
 }
 
 /** A weight quantized in blocks along K: grid values, encoding and the dequantized weight (the simulation). */
@@ -114,7 +180,9 @@ export function quantizeWeightBlocks(
   w: Float32Array,
   K: number,
   N: number,
-  options: { bits: number; blockSize: number; symmetric: boolean } | { encoding: Encoding },
+  options:
+    | { bits: number; blockSize: number; symmetric: boolean; range?: WeightRange }
+    | { encoding: Encoding },
 ): BlockQuantizedWeight {
   const dims = [K, N];
   let encoding: Encoding;
@@ -122,8 +190,11 @@ export function quantizeWeightBlocks(
   else {
     checkBlockSize(options.blockSize);
     const scheme = weightOnlyScheme(options.bits, options.blockSize, options.symmetric);
-    const { min, max } = groupRanges(w, dims, scheme.granularity);
-    encoding = encodingFromRange(scheme, min, max, scaleDimsFor(dims, scheme.granularity));
+    if (options.range === 'mse') encoding = quantizeWeight(w, dims, scheme, { range: 'mse' }).encoding;
+    else {
+      const { min, max } = groupRanges(w, dims, scheme.granularity);
+      encoding = encodingFromRange(scheme, min, max, scaleDimsFor(dims, scheme.granularity));
+    }
   }
   const g = encoding.scheme.granularity;
   if (g.kind !== 'block' || (g.axis !== 0 && g.axis !== -2) || encoding.scheme.format !== 'int') {
@@ -237,43 +308,26 @@ function floatData(t: Tensor): Float32Array {
   return t.dtype === DataType.FLOAT ? (t.data as Float32Array) : decodeToFloat32(t.dtype, t.data, t.size);
 }
 
-function storeGrid(values: Int32Array, dtype: DataType): Uint8Array | Int8Array {
-  if (dtype === DataType.INT4 || dtype === DataType.UINT4)
-    return packSubByte(values, 4, dtype === DataType.INT4);
-  return dtype === DataType.INT8 ? Int8Array.from(values) : Uint8Array.from(values);
-}
-
-function sqnr(x: Float32Array, y: Float32Array): number {
-  let s = 0;
-  let e = 0;
-  for (let i = 0; i < x.length; i++) {
-    s += x[i] * x[i];
-    e += (x[i] - y[i]) ** 2;
-  }
-  return e === 0 ? Number.POSITIVE_INFINITY : 10 * Math.log10(s / e);
-}
-
-/** Encoding for a weight from a QuantSim, when it has a usable one. */
-function simEncoding(sim: QuantSim | undefined, weight: string): Encoding | undefined {
+/**
+ * Encoding for a weight from a QuantSim, when it has a usable one: integer, 4 or 8 bits, an unsigned grid starting
+ * at 0; `matmul`: blocked along axis 0 (MatMulNBits' layout), else per tensor, per channel or blocked.
+ */
+function simEncoding(sim: QuantSim | undefined, weight: string, matmul = true): Encoding | undefined {
   const q = sim?.quantizers.get(weight);
   if (!q?.enabled || !q.encoding || q.kind !== 'weight') return undefined;
   const s = q.encoding.scheme;
   const g = s.granularity;
-  if (
-    s.format !== 'int' ||
-    (s.bits !== 4 && s.bits !== 8) ||
-    g.kind !== 'block' ||
-    (g.axis !== 0 && g.axis !== -2)
-  )
-    return undefined;
+  if (s.format !== 'int' || (s.bits !== 4 && s.bits !== 8)) return undefined;
+  if (matmul ? g.kind !== 'block' || (g.axis !== 0 && g.axis !== -2) : g.kind === 'vector') return undefined;
   const { qmin } = intRange(s.bits, s.signed, s.narrow);
   if (!s.signed && qmin !== 0) return undefined;
   return q.encoding;
 }
 
 /**
- * Replaces MatMuls with constant 2-D float weights by weight-only quantized MatMulNBits (or blocked
- * DequantizeLinear → MatMul). Returns a new model; the input is not modified.
+ * Replaces the constant float weights of MatMuls by weight-only quantized MatMulNBits (or blocked
+ * DequantizeLinear → MatMul), and those of Conv, ConvTranspose and Gemm by int4/int8 initializers behind a
+ * DequantizeLinear. Returns a new model; the input is not modified.
  */
 export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {}): WeightOnlyResult {
   const bits = options.bits ?? 4;
@@ -282,24 +336,67 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
   const form = options.form ?? 'matmulnbits';
   const accuracyLevel = options.accuracyLevel ?? 4;
   const fuseBias = options.fuseBias ?? true;
+  const ops = new Set<string>(options.ops ?? WEIGHT_ONLY_OPS);
+  const granularity = options.granularity;
+  const depthwiseBits = options.depthwiseBits ?? 8;
+  const range = options.range ?? 'minmax';
+  const scaleType = options.scaleType ?? 'float32';
   if (bits !== 4 && bits !== 8)
     throw new QnnxError('E_USAGE', `weight-only export supports 4 or 8 bits, got ${bits}`);
+  if (depthwiseBits !== 4 && depthwiseBits !== 8)
+    throw new QnnxError('E_USAGE', `depthwise weights take 4 or 8 bits, got ${depthwiseBits}`);
   checkBlockSize(bs);
   if (![0, 1, 2, 3, 4].includes(accuracyLevel))
     throw new QnnxError('E_USAGE', `accuracy_level must be 0 to 4, got ${accuracyLevel}`);
   if (form !== 'matmulnbits' && form !== 'blocked-dq')
     throw new QnnxError('E_USAGE', `unknown weight-only form '${form}' (matmulnbits, blocked-dq)`);
-  if (form === 'blocked-dq' && (source.opset('') ?? 0) < 21) {
-    throw new QnnxError(
-      'E_OPSET',
-      `blocked DequantizeLinear needs opset 21; the model is at opset ${source.opset('') ?? 0} (upgrade it first)`,
-    );
+  if (granularity !== undefined && granularity !== 'channel' && granularity !== 'block')
+    throw new QnnxError('E_USAGE', `weight-only granularity must be channel or block, got '${granularity}'`);
+  if (range !== 'minmax' && range !== 'mse')
+    throw new QnnxError('E_USAGE', `weight-only range must be minmax or mse, got '${range}'`);
+  if (scaleType !== 'float32' && scaleType !== 'float16')
+    throw new QnnxError('E_USAGE', `scale type must be float32 or float16, got '${scaleType}'`);
+  for (const op of ops) {
+    if (!WEIGHT_ONLY_OPS.includes(op as WeightOnlyOp))
+      throw new QnnxError('E_USAGE', `weight-only export handles ${WEIGHT_ONLY_OPS.join(', ')}, not '${op}'`);
   }
 
   const model = copyModelStructure(source);
+  const excluded = matcher(options.exclude) ?? (() => false);
+  // The opset the replacements need: blocked DequantizeLinear and int4 need 21, int8 per channel 13.
+  let needed = 0;
+  {
+    const g = model.graph;
+    const producers = g.producers();
+    const graphInputs = new Set(g.inputs.map((o) => o.name));
+    for (const n of g.nodes) {
+      if (!ops.has(n.opType) || (n.domain !== '' && n.domain !== 'ai.onnx') || excluded(n)) continue;
+      if (n.opType === 'MatMul') {
+        if (form === 'blocked-dq') needed = 21;
+        continue;
+      }
+      const w =
+        n.inputs[1] && !graphInputs.has(n.inputs[1]) ? constantInput(g, producers, n.inputs[1]) : undefined;
+      const axes = w && weightAxes(n, w.dims);
+      if (!w || !axes) continue;
+      const wb = axes.depthwise ? depthwiseBits : bits;
+      needed = Math.max(needed, wb === 4 || (granularity === 'block' && axes.inAxis !== undefined) ? 21 : 13);
+    }
+  }
+  const opsetBefore = model.opset('') ?? 0;
+  let opsetUpgrade: { from: number; to: number } | undefined;
+  if (opsetBefore < needed) {
+    const why = `int4 or blocked DequantizeLinear needs opset ${needed}; the model is at opset ${opsetBefore}`;
+    if (options.upgradeOpset === false) throw new QnnxError('E_OPSET', `${why} (upgrade it first)`);
+    if (model.graph.nodes.some((n) => n.subgraphs().length))
+      throw new QnnxError('E_OPSET', `${why}, and it has subgraphs: upgrade it first (upgradeOpset)`);
+    upgradeModelOpset(model, needed);
+    opsetUpgrade = { from: opsetBefore, to: needed };
+  }
+
   const g = model.graph;
   const b = new GraphBuilder(g);
-  const excluded = matcher(options.exclude) ?? (() => false);
+  const names = weightNamer(b, options.shortNames ?? true);
   const producers = g.producers();
   const consumers = g.consumers();
   const graphOutputs = new Set(g.outputs.map((o) => o.name));
@@ -309,11 +406,21 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
   const removed = new Set<Node>();
   const replacedConstants = new Set<string>();
   const shared = new Map<string, { bq: BlockQuantizedWeight; inputs: string[] }>();
+  const sharedDq = new Map<
+    string,
+    { qw: QuantizedWeight; output: string; bits: number; granularity: string }
+  >();
+  const dequantized = new Map<string, Float32Array>();
   let bytesBefore = 0;
   let bytesAfter = 0;
 
   for (const n of [...g.nodes]) {
-    if (n.opType !== 'MatMul' || (n.domain !== '' && n.domain !== 'ai.onnx')) continue;
+    if (!ops.has(n.opType) || (n.domain !== '' && n.domain !== 'ai.onnx')) continue;
+    if (n.opType !== 'MatMul') {
+      const r = replaceWithDequantize(n);
+      if (r) bytesAfter += r;
+      continue;
+    }
     const w = constantMatMulWeight(g, producers, graphInputs, n, excluded, skipped);
     if (!w) continue;
     const label = n.name || n.outputs[0];
@@ -326,10 +433,17 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
       const enc = simEncoding(options.sim, wName);
       const bq = enc
         ? quantizeWeightBlocks(wf, K, N, { encoding: enc })
-        : quantizeWeightBlocks(wf, K, N, { bits, blockSize: bs, symmetric });
+        : quantizeWeightBlocks(wf, K, N, {
+            bits,
+            blockSize:
+              granularity === 'channel' ? Math.min(256, Math.max(16, 2 ** Math.ceil(Math.log2(K)))) : bs,
+            symmetric,
+            range,
+          });
       if (enc) checkBlockSize(bq.blockSize);
       entry = { bq, inputs: [] };
       shared.set(wName, entry);
+      dequantized.set(wName, bq.dequantized);
       bytesBefore += w.byteLength;
       replacedConstants.add(wName);
     }
@@ -369,15 +483,16 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
     if (form === 'matmulnbits') {
       if (!entry.inputs.length) {
         const packed = packMatMulNBits(bq);
+        const nm = options.shortNames === false ? undefined : names(wName);
         entry.inputs.push(
-          b.initializer(`${base}_Q${bq.bits}`, DataType.UINT8, packed.bDims, packed.B),
-          b.initializer(`${base}_scales`, DataType.FLOAT, [packed.scales.length], packed.scales),
+          b.initializer(nm?.q ?? `${base}_Q${bq.bits}`, DataType.UINT8, packed.bDims, packed.B),
+          b.initializer(nm?.s ?? `${base}_scales`, DataType.FLOAT, [packed.scales.length], packed.scales),
         );
         bytesAfter += packed.B.length + packed.scales.byteLength;
         if (packed.zeroPoints) {
           entry.inputs.push(
             b.initializer(
-              `${base}_zero_points`,
+              nm?.z ?? `${base}_zero_points`,
               DataType.UINT8,
               [packed.zeroPoints.length],
               packed.zeroPoints,
@@ -393,7 +508,7 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
       }
       b.node('MatMulNBits', inputs, {
         outputs: [addNode ? addNode.outputs[0] : out],
-        name: `${n.name || base}_MatMulNBits`,
+        name: n.name || `${base}_MatMulNBits`,
         domain: 'com.microsoft',
         attrs: { K, N, bits: bq.bits, block_size: bq.blockSize, accuracy_level: accuracyLevel },
       });
@@ -401,50 +516,128 @@ export function exportWeightOnly(source: Model, options: WeightOnlyOptions = {})
       if (addNode) removed.add(addNode);
     } else {
       if (!entry.inputs.length) {
-        const dtype = storageType(bq.encoding.scheme);
-        const qName = b.initializer(`${base}_quantized`, dtype, [K, N], storeGrid(bq.q, dtype));
-        const sDims = [...bq.encoding.scaleDims];
-        const dqInputs = [
-          qName,
-          b.initializer(`${base}_scale`, DataType.FLOAT, sDims, Float32Array.from(bq.encoding.scale)),
-        ];
-        bytesAfter += g.initializer(qName)!.byteLength + bq.encoding.scale.length * 4;
-        if (bq.encoding.zeroPoint.some((z) => z !== 0)) {
-          const zp = b.initializer(
-            `${base}_zero_point`,
-            dtype,
-            sDims,
-            storeGrid(bq.encoding.zeroPoint, dtype),
-          );
-          dqInputs.push(zp);
-          bytesAfter += g.initializer(zp)!.byteLength;
-        }
-        const dqOut = b.uniqueName(`${base}_dequantized`);
-        b.node('DequantizeLinear', dqInputs, {
-          outputs: [dqOut],
-          name: `${base}_DequantizeLinear`,
-          attrs: { axis: 0, block_size: bq.blockSize },
-        });
-        entry.inputs.push(dqOut);
+        const qw: QuantizedWeight = {
+          dims: [K, N],
+          encoding: bq.encoding,
+          q: bq.q,
+          dequantized: bq.dequantized,
+          scaleType: 'float32',
+        };
+        const r = emitDequantizeLinear(b, qw, names(wName));
+        bytesAfter += r.bytes;
+        entry.inputs.push(r.output);
       }
       n.inputs = [n.inputs[0], entry.inputs[0]];
     }
     layers.push({
       node: label,
+      op: n.opType,
       weight: wName,
       K,
       N,
-      weightSqnrDb: sqnr(wf, bq.dequantized),
+      bits: bq.bits,
+      granularity: `block:${bq.blockSize}`,
+      form: form === 'matmulnbits' ? 'matmulnbits' : 'dq',
+      input: n.inputs[0],
+      output: addNode ? addNode.outputs[0] : out,
+      weightSqnrDb: weightSqnr(wf, bq.dequantized),
       biasFused: addNode !== undefined,
     });
   }
 
+  /** Conv / ConvTranspose / Gemm: weight → DequantizeLinear(int weight); returns the bytes added. */
+  function replaceWithDequantize(n: Node): number {
+    const label = n.name || n.outputs[0];
+    if (excluded(n)) {
+      skipped.push({ node: label, reason: 'excluded' });
+      return 0;
+    }
+    const wName = n.inputs[1];
+    const w = wName && !graphInputs.has(wName) ? constantInput(g, producers, wName) : undefined;
+    if (!w) {
+      skipped.push({ node: label, reason: 'weight is not a constant' });
+      return 0;
+    }
+    const axes = weightAxes(n, w.dims);
+    if (w.dtype !== DataType.FLOAT || !axes) {
+      skipped.push({
+        node: label,
+        reason: `weight is not a float32 ${n.opType} weight (dims [${w.dims.join(', ')}])`,
+      });
+      return 0;
+    }
+    const dims = [...w.dims];
+    const wf = floatData(w);
+    let added = 0;
+    let entry = sharedDq.get(wName);
+    if (!entry) {
+      const enc = simEncoding(options.sim, wName, false);
+      let qw: QuantizedWeight;
+      let wBits: number;
+      let gLabel: string;
+      if (enc) {
+        const q = quantize(wf, dims, enc);
+        qw = { dims, encoding: enc, q, dequantized: dequantize(q, dims, enc), scaleType: 'float32' };
+        wBits = enc.scheme.bits;
+        const eg = enc.scheme.granularity;
+        gLabel = eg.kind === 'block' ? `block:${eg.size}` : eg.kind;
+      } else {
+        wBits = axes.depthwise ? depthwiseBits : bits;
+        const blocked =
+          granularity === 'block' && !axes.depthwise && axes.inAxis !== undefined && dims[axes.inAxis] >= bs;
+        const gran = blocked
+          ? { kind: 'block' as const, axis: axes.inAxis!, size: bs }
+          : { kind: 'channel' as const, axis: axes.outAxis };
+        gLabel = blocked ? `block:${bs}` : 'channel';
+        qw = quantizeWeight(wf, dims, weightScheme(wBits, gran, symmetric), { range, scaleType });
+      }
+      const r = emitDequantizeLinear(b, qw, names(wName));
+      added = r.bytes;
+      entry = { qw, output: r.output, bits: wBits, granularity: gLabel };
+      sharedDq.set(wName, entry);
+      dequantized.set(wName, qw.dequantized);
+      bytesBefore += w.byteLength;
+      replacedConstants.add(wName);
+    }
+    n.inputs = [n.inputs[0], entry.output, ...n.inputs.slice(2)];
+    const outAxis = axes.outAxis;
+    const N = dims[outAxis];
+    layers.push({
+      node: label,
+      op: n.opType,
+      weight: wName,
+      K: w.size / N,
+      N,
+      bits: entry.bits,
+      granularity: entry.granularity,
+      form: 'dq',
+      input: n.inputs[0],
+      output: n.outputs[0],
+      weightSqnrDb: weightSqnr(wf, entry.qw.dequantized),
+      biasFused: false,
+    });
+    return added;
+  }
+
   g.nodes = g.nodes.filter((n) => !removed.has(n));
-  if (form === 'matmulnbits' && layers.length && model.opset('com.microsoft') === undefined)
+  if (
+    form === 'matmulnbits' &&
+    layers.some((l) => l.form === 'matmulnbits') &&
+    model.opset('com.microsoft') === undefined
+  )
     model.opsetImports.push({ domain: 'com.microsoft', version: 1 });
   dropUnused(g, replacedConstants);
   g.sort();
-  return { model, replaced: layers.length, bytesBefore, bytesAfter, layers, skipped };
+  return {
+    model,
+    replaced: layers.length,
+    bytesBefore,
+    bytesAfter,
+    layers,
+    skipped,
+    dequantized,
+    ...(opsetUpgrade ? { opsetUpgrade } : {}),
+  };
 }
 
 /** Drops the replaced weights (initializers or Constant nodes) that nothing reads any more. */
@@ -471,5 +664,47 @@ export function dequantizedWeight(
     bits: options.bits ?? 4,
     blockSize: options.blockSize ?? 32,
     symmetric: options.symmetric ?? true,
+    range: options.range,
   }).dequantized;
+}
+
+/**
+ * The simulation of a weight-only export: a copy of `source` (the model given to exportWeightOnly) whose replaced
+ * weights (initializers or Constant nodes) hold the dequantized values the exported model computes with, plus the
+ * bias shifts of `correction` (correctWeightOnlyBias) when given.
+ */
+export function weightOnlySimulation(
+  source: Model,
+  result: WeightOnlyResult,
+  correction?: Pick<WeightOnlyBiasCorrection, 'deltas'>,
+): Model {
+  const m = copyModelStructure(source);
+  const g = m.graph;
+  if (correction) {
+    // Bias corrections as an Add of Δb after each corrected layer (the same sums up to float rounding).
+    const b = new GraphBuilder(g);
+    for (const [label, { delta, dims }] of correction.deltas) {
+      const n = g.nodes.find((x) => (x.name || x.outputs[0]) === label);
+      if (!n) throw new QnnxError('E_GRAPH', `corrected layer '${label}' is not in the source model`);
+      const out = n.outputs[0];
+      const raw = b.uniqueName(`${out}_uncorrected`);
+      n.outputs[0] = raw;
+      b.node('Add', [raw, b.initializer(`${out}_delta`, DataType.FLOAT, dims, delta)], { outputs: [out] });
+    }
+    g.sort();
+  }
+  for (const [name, data] of result.dequantized) {
+    const init = g.initializer(name);
+    if (init) {
+      g.initializers.set(name, new Tensor(name, DataType.FLOAT, [...init.dims], data));
+      continue;
+    }
+    const c = g.nodes.find((n) => n.opType === 'Constant' && n.outputs[0] === name);
+    const t = c?.attrTensor('value');
+    if (!c || !t) throw new QnnxError('E_GRAPH', `weight '${name}' is neither an initializer nor a Constant`);
+    c.attributes = [
+      { name: 'value', type: AttributeType.TENSOR, value: new Tensor('', DataType.FLOAT, [...t.dims], data) },
+    ];
+  }
+  return m;
 }

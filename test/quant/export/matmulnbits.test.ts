@@ -237,9 +237,14 @@ describe('weight-only export: ONNX Runtime agrees with the simulation', () => {
     }
   });
 
-  test('blocked-dq needs opset 21; exclude leaves a MatMul float', () => {
+  test('blocked-dq needs opset 21 (the copy is upgraded unless told not to); exclude leaves a MatMul float', () => {
     const old = mlp(64, 32, 8, 17).model;
-    assert.throws(() => exportWeightOnly(old, { form: 'blocked-dq' }), /opset 21/);
+    assert.throws(() => exportWeightOnly(old, { form: 'blocked-dq', upgradeOpset: false }), /opset 21/);
+    const up = exportWeightOnly(old, { form: 'blocked-dq' });
+    assert.deepEqual(up.opsetUpgrade, { from: 17, to: 21 });
+    assert.equal(up.model.opset(''), 21);
+    assert.equal(old.opset(''), 17, 'input model untouched');
+    assert.equal(exportWeightOnly(old).opsetUpgrade, undefined, 'MatMulNBits needs no upgrade');
     const r = exportWeightOnly(model, { exclude: ['fc2'] });
     assert.equal(r.replaced, 1);
     assert.deepEqual(r.skipped, [{ node: 'fc2', reason: 'excluded' }]);
@@ -315,7 +320,7 @@ describe('weight-only export on a real model', () => {
     const ref = await runRec(rec);
     for (const bits of [4, 8] as const) {
       const opts = { bits, blockSize: 32, symmetric: true };
-      const r = exportWeightOnly(rec, { ...opts, accuracyLevel: 0 });
+      const r = exportWeightOnly(rec, { ...opts, accuracyLevel: 0, ops: ['MatMul'] });
       assert.equal(r.replaced, 9);
       // The simulation: the float model with each replaced weight Constant holding its dequantized values.
       const sim = copyModelStructure(rec);
@@ -335,7 +340,7 @@ describe('weight-only export on a real model', () => {
       const y0 = await runRec(r.model);
       const e0 = relErr(y0, ySim);
       assert.ok(e0 <= 1e-5, `${bits}-bit accuracy_level 0 vs simulation: ${e0}`);
-      const y4 = await runRec(exportWeightOnly(rec, opts).model);
+      const y4 = await runRec(exportWeightOnly(rec, { ...opts, ops: ['MatMul'] }).model);
       console.log(
         `PP-OCRv4 rec ${bits}-bit: vs simulation ${e0.toExponential(2)} (level 0); output SQNR vs float ` +
           `${sqnrDb(ref, y0).toFixed(1)} dB (level 0), ${sqnrDb(ref, y4).toFixed(1)} dB (level 4); MatMul weights ` +
