@@ -12,7 +12,9 @@
  * (none otherwise). The regularizer is off for the first `warmStart` (20 %) of the iterations, then β anneals from
  * 20 to 2 by the cosine schedule. V starts where h(V) = W/s − ⌊W/s⌋ and is optimized with Adam (lr 1e-3) on
  * random batches of 32 cached rows (AIMET: 32 images). The final rounding is ⌊W/s⌋ + 1[h(V) ≥ 0.5], i.e. up
- * where V ≥ 0.
+ * where V ≥ 0. Unlike AIMET, a layer whose learned rounding reconstructs worse than nearest rounding (exact MSE
+ * over all cached rows) keeps nearest rounding (`fallback`): an unconverged run, with many h(V) still inside
+ * (0, 1) when the hard rounding is taken, can end above nearest, most often on grids that clip (sequential MSE).
  *
  * Per iteration, ONNX Runtime computes ∂recon/∂W̃ and one fused TypeScript loop does everything elementwise
  * (h(V), W̃, the regularizer's gradient, Adam). Two engines give ∂recon/∂W̃:
@@ -82,6 +84,12 @@ export interface AdaRoundOptions {
   /** ONNX Runtime intra-op threads for the optimization sessions (default 1). */
   threads?: number;
   /**
+   * Keep nearest rounding for a layer whose learned rounding has a higher reconstruction MSE on the cached data
+   * than nearest rounding (default true; AIMET has no such check). The learned rounding of an unconverged run
+   * (few iterations, many h(V) still inside (0, 1)) can round worse than nearest.
+   */
+  fallback?: boolean;
+  /**
    * 'sampled': AIMET's loop, the layer op on a random batch of rows per iteration; 'gram': the exact full-data
    * loss of a layer without activation from its Gram matrices (cost per iteration independent of the data);
    * 'auto' (default): 'gram' where the loss has no activation and it is the cheaper (see gramFits), else
@@ -119,11 +127,15 @@ export interface AdaRoundLayerResult {
   weight: Float32Array;
   /** Reconstruction MSE (mean over output elements of f(W·x) − f(Ŵ·x̃)) with nearest rounding. */
   mseNearest: number;
-  /** The same with AdaRound's rounding. */
+  /** The same with the returned rounding: min(mseLearned, mseNearest) unless `fallback: false`. */
   mseAdaRound: number;
-  /** Fraction of weights rounded differently from nearest. */
+  /** The same with the learned rounding ⌊W/s⌋ + 1[V ≥ 0]. */
+  mseLearned: number;
+  /** Whether the learned rounding was worse than nearest and nearest rounding is returned instead. */
+  fellBack: boolean;
+  /** Fraction of weights whose returned rounding differs from nearest (0 after a fallback). */
   changed: number;
-  /** Fraction of h(V) strictly inside (0.01, 0.99) at the end (AIMET: 0 when converged). */
+  /** Fraction of h(V) strictly inside (0.01, 0.99) at the end of the optimization (AIMET: 0 when converged). */
   undecided: number;
   /** Weights whose re-quantized W̃ is not q (always 0; a check of the export path). */
   mismatches: number;
@@ -600,10 +612,12 @@ export async function adaroundLayer(
 
   const V = initialV(grid.frac);
   let mseNearest: number;
-  let mseAdaRound: number;
-  let final: { q: Int32Array; w: Float32Array };
+  let mseLearned: number;
+  let nearest: { q: Int32Array; w: Float32Array };
+  let learned: { q: Int32Array; w: Float32Array };
   try {
-    mseNearest = await mse(hardWeight((i) => qn[i] > grid.floor[i]).w);
+    nearest = hardWeight((i) => qn[i] > grid.floor[i]);
+    mseNearest = await mse(nearest.w);
     if (iterations > 0) {
       const built =
         engine === 'gram'
@@ -640,11 +654,14 @@ export async function adaroundLayer(
         await session.release();
       }
     }
-    final = hardWeight((i) => V[i] >= 0);
-    mseAdaRound = await mse(final.w);
+    learned = hardWeight((i) => V[i] >= 0);
+    mseLearned = await mse(learned.w);
   } finally {
     await evalSession.release();
   }
+  const fellBack = (options.fallback ?? true) && mseLearned > mseNearest;
+  const final = fellBack ? nearest : learned;
+  const mseAdaRound = fellBack ? mseNearest : mseLearned;
   let changed = 0;
   let undecided = 0;
   for (let i = 0; i < n; i++) {
@@ -665,6 +682,8 @@ export async function adaroundLayer(
     weight: final.w,
     mseNearest,
     mseAdaRound,
+    mseLearned,
+    fellBack,
     changed: changed / n,
     undecided: undecided / n,
     mismatches,

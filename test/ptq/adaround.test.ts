@@ -94,6 +94,7 @@ describe('AdaRound on one layer', () => {
         `${(100 * r.undecided).toFixed(2)} % undecided, engine ${r.engine}, ${r.seconds.toFixed(1)} s`,
     );
     assert.ok(ratio <= 0.45, `MSE ratio ${ratio}`);
+    assert.equal(r.fellBack, false);
     assert.equal(r.undecided, 0);
     assert.ok(r.changed > 0.1 && r.changed < 0.25, `changed ${r.changed}`);
     assert.equal(r.mismatches, 0);
@@ -148,6 +149,46 @@ describe('AdaRound on one layer', () => {
     for (let i = 0; i < gram.q.length; i++) if (gram.q[i] !== sampled.q[i]) differ++;
     assert.ok(differ <= 2, `${differ} of ${gram.q.length} roundings differ`);
     assert.ok(Math.abs(gram.mseAdaRound - sampled.mseAdaRound) <= 0.02 * sampled.mseAdaRound);
+  });
+
+  test('a learned rounding worse than nearest falls back to nearest rounding (per layer)', async () => {
+    // Adam with lr 10 saturates every V after one step at the sign of the first gradient, which at the soft start
+    // (h = fractional part, W̃ = W) is noise from the perturbed input: an essentially random up/down rounding,
+    // far worse than nearest. The fallback must return nearest rounding and report what happened.
+    const rng = new Rng(5);
+    const [K, O, N] = [32, 16, 256];
+    const w = Float32Array.from({ length: O * K }, () => rng.normal() / Math.sqrt(K));
+    const x = Float32Array.from({ length: N * K }, () => rng.normal());
+    const t = new Float32Array(N * O);
+    for (let n = 0; n < N; n++)
+      for (let o = 0; o < O; o++) {
+        let a = 0;
+        for (let k = 0; k < K; k++) a += x[n * K + k] * w[o * K + k];
+        t[n * O + o] = a;
+      }
+    const encoding = encodingFor(w, [O, K], 4, { kind: 'channel', axis: 0 }, true);
+    const p: LayerProblem = {
+      opType: 'Gemm',
+      attributes: [makeAttribute('transB', 1)],
+      weight: { dims: [O, K], data: w },
+      encoding,
+      x: { data: x.map((v) => v + 0.1 * rng.normal()), dims: [N, K], samples: N },
+      target: { data: t, dims: [N, O], samples: N },
+    };
+    const opts = { iterations: 5, learningRate: 10 };
+    const raw = await adaroundLayer(p, { ...opts, fallback: false });
+    assert.equal(raw.fellBack, false);
+    assert.equal(raw.mseAdaRound, raw.mseLearned);
+    assert.ok(raw.mseLearned > 1.5 * raw.mseNearest, `${raw.mseLearned} vs ${raw.mseNearest}`);
+    const r = await adaroundLayer(p, opts);
+    assert.equal(r.fellBack, true);
+    assert.equal(r.mseLearned, raw.mseLearned);
+    assert.equal(r.mseAdaRound, r.mseNearest);
+    assert.equal(r.changed, 0);
+    assert.equal(r.mismatches, 0);
+    // nearest rounding exactly: the quantizer's own integers, and W̃ = s·q
+    assert.deepEqual(Array.from(r.q), Array.from(quantize(w, [O, K], encoding)));
+    assert.deepEqual(Array.from(quantize(r.weight, [O, K], encoding)), Array.from(r.q));
   });
 });
 
