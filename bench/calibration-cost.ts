@@ -3,12 +3,15 @@
  * same N samples, per statistics mode, and peak memory as the sample count grows.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/calibration-cost.js [--quick] [--reps F,P] [--modes k1,k2]
- *     [--no-memory]
+ *     [--batch F,P] [--no-memory]
  *
- * (--reps: repetitions for Fashion-MNIST and PP-OCR; --modes: mode keys, e.g. reduce,every+arena,prepared.)
+ * (--reps: repetitions for Fashion-MNIST and PP-OCR; --modes: mode keys, e.g. reduce,every+arena,prepared;
+ * --batch: samples per run of the batched rows, default 16 for Fashion-MNIST and 4 for PP-OCR.)
  *
  * 1. Time ratio (target <= 1.3). Both sides run one sample per ORT run (batch 1, the samples as the data source
- *    yields them), one intra-op thread, in one process. The float side is the model file as given, in a Session
+ *    yields them), one intra-op thread, in one process; the batched rows (`..., batched`) run B samples per ORT
+ *    run on both sides: calibrate() with `batchSize: B`, and the float model over the samples concatenated B at a
+ *    time along axis 0 (the concatenation timed on both sides), each ratio over its own float time. The float side is the model file as given, in a Session
  *    with default options (optimization 'all', ORT's memory arena on), created before timing. Each calibration
  *    mode runs calibrate() (ORT runs plus the analyzers in JS) over the same samples with its calibration model
  *    (the model as `quantizeModel` prepares it, plus statistic outputs) in a Session created before timing.
@@ -16,7 +19,8 @@
  *    - minmax, reduced plan (what `qnnx quantize` does now): ReduceMax/ReduceMin only for tensors whose range
  *      cannot be derived exactly from another range, ReduceMin skipped where the producer never outputs negatives,
  *      the maximum read after a covering MaxPool, all statistics concatenated into one output per rank, reductions
- *      ordered to run right after their tensors; arena on;
+ *      ordered to run right after their tensors, the graph input reduced in the graph too (with a ReduceSum that
+ *      flags NaNs) instead of a JS loop over every feed; arena on; the `batched` row is the same at batchSize B;
  *    - minmax, every tensor (the plan before): ReduceMin + ReduceMax of every calibrated tensor, two scalar
  *      outputs each; arena off (as `qnnx quantize` ran it) and on;
  *    - minmax taps: forceTaps, the activations themselves come back and MinMaxAnalyzer streams them;
@@ -49,7 +53,8 @@ import { parseRangeMethod } from '../src/quant/analyzers/index.js';
 import { requiredOpset } from '../src/quant/export/qdq.js';
 import { buildSim, prepareModel } from '../src/quant/quantize.js';
 import { calibrate, calibrationPlan } from '../src/quant/sim/calibrate.js';
-import { type Feeds, Session } from '../src/runtime/session.js';
+import { concatAlongBatch } from '../src/runtime/batch.js';
+import { type Feeds, feedEntries, Session } from '../src/runtime/session.js';
 import type { HostTensor } from '../src/tensor.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -77,9 +82,22 @@ interface Mode {
   arena: boolean;
   /** Reference row: the prepared model without statistics, run only (no calibrate()). */
   reference?: boolean;
+  /**
+   * Batched row: calibrate() with `batchSize` B (the model's batch size, --batch) and the float side run over the
+   * same samples concatenated B at a time along axis 0 (the concatenation timed on both sides).
+   */
+  batched?: boolean;
 }
 const MODES: Mode[] = [
   { key: 'reduce', label: 'minmax, reduced plan (new)', range: 'minmax', forceTaps: false, arena: true },
+  {
+    key: 'reduce-b',
+    label: 'minmax, reduced plan (new), batched',
+    range: 'minmax',
+    forceTaps: false,
+    arena: true,
+    batched: true,
+  },
   {
     key: 'every',
     label: 'minmax, every tensor (old), arena off',
@@ -97,6 +115,14 @@ const MODES: Mode[] = [
     arena: true,
   },
   { key: 'taps', label: 'minmax taps', range: 'minmax', forceTaps: true, arena: true },
+  {
+    key: 'taps-b',
+    label: 'minmax taps, batched',
+    range: 'minmax',
+    forceTaps: true,
+    arena: true,
+    batched: true,
+  },
   { key: 'percentile', label: 'percentile:99.99', range: 'percentile:99.99', forceTaps: false, arena: true },
   { key: 'mse', label: 'mse', range: 'mse', forceTaps: false, arena: true },
   {
@@ -107,6 +133,15 @@ const MODES: Mode[] = [
     arena: true,
     reference: true,
   },
+  {
+    key: 'prepared-b',
+    label: 'reference: prepared model, no statistics, batched',
+    range: 'minmax',
+    forceTaps: false,
+    arena: true,
+    reference: true,
+    batched: true,
+  },
 ];
 /** `--modes k1,k2`: only these modes (and always the taps mode, which the encodings are compared with). */
 function selectedModes(): Mode[] {
@@ -116,7 +151,9 @@ function selectedModes(): Mode[] {
   return MODES.filter((m) => keys.has(m.key));
 }
 /** Modes measured for peak memory (the arena variants and the reference are timing questions only). */
-const MEMORY_MODES = [0, 1, 3, 4, 5];
+const MEMORY_MODES = ['reduce', 'every', 'taps', 'percentile', 'mse'].map((k) =>
+  MODES.findIndex((m) => m.key === k),
+);
 const TARGET_RATIO = 1.3;
 
 /** Prepares a fresh copy of the model as quantizeModel does and returns its sim (w8a8, ort-cpu). */
@@ -315,6 +352,8 @@ interface TimeRow {
   key: string;
   mode: string;
   n: number;
+  /** Samples per ORT run, on both sides. */
+  batch: number;
   floatMs: number;
   calibMs: number;
   /** The calibration model's runs alone (every statistic output fetched, no analyzers). */
@@ -332,26 +371,51 @@ interface TimeRow {
   floatCreateMs: number;
 }
 
-async function timeRatios(name: string, file: string, samples: Feeds[], reps: number): Promise<TimeRow[]> {
+/** Samples concatenated `size` at a time along axis 0 (one Record of feeds per run). */
+function stack(samples: Feeds[], size: number): Record<string, HostTensor>[] {
+  const runs: Record<string, HostTensor>[] = [];
+  for (let i = 0; i < samples.length; i += size) {
+    const group = samples.slice(i, i + size).map((s) => feedEntries(s));
+    const feeds: Record<string, HostTensor> = {};
+    for (const [k, [name]] of group[0].entries()) feeds[name] = concatAlongBatch(group.map((g) => g[k][1]));
+    runs.push(feeds);
+  }
+  return runs;
+}
+
+async function timeRatios(
+  name: string,
+  file: string,
+  samples: Feeds[],
+  reps: number,
+  batch: number,
+): Promise<TimeRow[]> {
   const t = performance.now();
   const float = await Session.create(file);
   const floatCreateMs = performance.now() - t;
+  // The batched float side gets its own session (as each calibration mode does), so arenas are not shared.
+  const floatBatched = await Session.create(file);
   type Runner = Awaited<ReturnType<typeof calibrationRunner>> & { mode: Mode; outputs: string[] };
   const runners: Runner[] = [];
   for (const mode of selectedModes()) {
     const r = await calibrationRunner(file, mode);
     runners.push({ mode, outputs: r.plan.model.graph.outputs.map((o) => o.name), ...r });
   }
-  // warm-up: one sample through each
+  // warm-up: one sample (one batch for the batched modes) through each
+  const firstBatch = stack(samples, batch)[0];
   await float.run(samples[0]);
-  for (const r of runners) await r.runner.run(samples[0], r.outputs);
+  await floatBatched.run(firstBatch);
+  for (const r of runners) await r.runner.run(r.mode.batched ? firstBatch : samples[0], r.outputs);
   const floatTimes: number[] = [];
   const floatCpu: number[] = [];
+  const floatBatchedTimes: number[] = [];
+  const floatBatchedCpu: number[] = [];
   const calibTimes = runners.map(() => [] as number[]);
   const calibCpu = runners.map(() => [] as number[]);
   const runTimes = runners.map(() => [] as number[]);
   const runAll = async (r: Runner) => {
-    for (const s of samples) await r.runner.run(s, r.outputs);
+    if (r.mode.batched) for (const feeds of stack(samples, batch)) await r.runner.run(feeds, r.outputs);
+    else for (const s of samples) await r.runner.run(s, r.outputs);
   };
   /** Wall and CPU milliseconds of f (CPU time of this process: ORT runs on this thread with one intra-op thread). */
   const timed = async (f: () => Promise<void>, wall: number[], cpu?: number[]) => {
@@ -372,6 +436,15 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
         floatTimes,
         floatCpu,
       ),
+    // batched float inference: the concatenation is timed, as calibrate() concatenates inside its time
+    () =>
+      timed(
+        async () => {
+          for (const feeds of stack(samples, batch)) await floatBatched.run(feeds);
+        },
+        floatBatchedTimes,
+        floatBatchedCpu,
+      ),
   ];
   for (const [i, r] of runners.entries()) {
     tasks.push(async () => {
@@ -379,7 +452,10 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
         () =>
           r.mode.reference
             ? runAll(r)
-            : calibrate(r.sim, r.plan, r.runner, samples, { method: r.method }).then(() => undefined),
+            : calibrate(r.sim, r.plan, r.runner, samples, {
+                method: r.method,
+                batchSize: r.mode.batched ? batch : undefined,
+              }).then(() => undefined),
         calibTimes[i],
         calibCpu[i],
       );
@@ -390,8 +466,7 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
     for (let k = 0; k < tasks.length; k++) await tasks[(k + rep) % tasks.length]();
   }
   await float.release();
-  const floatMs = median(floatTimes);
-  const floatCpuMs = median(floatCpu);
+  await floatBatched.release();
   // Encodings of every min/max mode against the taps mode's (bit-identical scale and zero point).
   const taps = runners.find((r) => r.mode.key === 'taps')!;
   const identical = (r: Runner): string => {
@@ -409,11 +484,14 @@ async function timeRatios(name: string, file: string, samples: Feeds[], reps: nu
   for (const [i, r] of runners.entries()) {
     await r.runner.release();
     const calibMs = median(calibTimes[i]);
+    const floatMs = median(r.mode.batched ? floatBatchedTimes : floatTimes);
+    const floatCpuMs = median(r.mode.batched ? floatBatchedCpu : floatCpu);
     rows.push({
       model: name,
       key: `${name.split(' ')[0]}/${r.mode.key}`,
       mode: r.mode.label,
       n: samples.length,
+      batch: r.mode.batched ? batch : 1,
       floatMs,
       calibMs,
       runOnlyMs: median(runTimes[i]),
@@ -464,6 +542,8 @@ async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
   const ri = process.argv.indexOf('--reps');
   const reps = ri >= 0 ? process.argv[ri + 1].split(',').map(Number) : quick ? [3, 1] : [15, 3];
+  const bi = process.argv.indexOf('--batch');
+  const batches = bi >= 0 ? process.argv[bi + 1].split(',').map(Number) : [16, 4];
   const t0 = performance.now();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qnnx-calib-cost-'));
   const rows: TimeRow[] = [];
@@ -472,11 +552,11 @@ async function main(): Promise<void> {
     const fashion = await openDataSource(FASHION_CALIB, { inputName: 'input' });
     const fashionSamples: Feeds[] = [];
     for await (const s of fashion) fashionSamples.push(s);
-    rows.push(...(await timeRatios('fashion-mnist CNN', FASHION, fashionSamples, reps[0])));
+    rows.push(...(await timeRatios('fashion-mnist CNN', FASHION, fashionSamples, reps[0], batches[0])));
     if (fs.existsSync(OCR_DET)) {
       const ocr = await ocrSamples(16, tmp);
       ocrSource = ocr.source;
-      rows.push(...(await timeRatios('PP-OCRv4 det', OCR_DET, ocr.samples, reps[1])));
+      rows.push(...(await timeRatios('PP-OCRv4 det', OCR_DET, ocr.samples, reps[1], batches[1])));
     } else ocrSource = `${OCR_DET} not found: skipped`;
 
     console.log(
@@ -489,6 +569,7 @@ async function main(): Promise<void> {
           'model',
           'mode',
           'N',
+          'batch',
           'tensors',
           'statistics',
           'float ms',
@@ -504,6 +585,7 @@ async function main(): Promise<void> {
           r.model,
           r.mode,
           r.n,
+          r.batch,
           r.tensors,
           r.stats,
           r.floatMs.toFixed(1),
@@ -515,11 +597,13 @@ async function main(): Promise<void> {
           r.identical,
           `${r.createMs.toFixed(0)} / ${r.floatCreateMs.toFixed(0)}`,
         ]),
-        ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l', 'l', 'r'],
+        ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l', 'l', 'r'],
       ),
     );
     console.log(
-      '  ORT part = the calibration model run over the samples fetching its statistic outputs, no analyzers ' +
+      '  batch = samples per ORT run on both sides (batched rows: float ms is the float model over the same ' +
+        'concatenated batches); ' +
+        'ORT part = the calibration model run over the samples fetching its statistic outputs, no analyzers ' +
         '(calib - ORT part = statistics in JS); session ms = creation of the calibration / float session; ' +
         'same encodings = scale and zero point of every calibrated tensor equal to the taps mode bit for bit; ' +
         'CPU ratio = the same ratio in CPU time of this process (ORT runs on the calling thread), which other ' +

@@ -30,6 +30,7 @@ interface QuantizeCliOptions {
   exclude?: string[];
   include?: string[];
   samples?: string;
+  calibBatch?: string;
   inputName?: string;
   weightOnly?: string | boolean;
   cle?: boolean;
@@ -84,6 +85,11 @@ export function registerQuantize(
     )
     .option('--include <nodes>', 'quantize only these nodes / op types / /regex/', collect)
     .option('--samples <n>', 'use at most n calibration samples')
+    .option(
+      '--calib-batch <n>',
+      'calibration samples per ONNX Runtime run (minmax, dynamic batch axis; same encodings, less overhead)',
+      '1',
+    )
     .option('--input-name <name>', 'model input the .npy samples feed (default: the first input)')
     .option(
       '--weight-only [form]',
@@ -165,6 +171,10 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new QnnxError('E_USAGE', `--samples must be a positive integer, got '${opts.samples}'`);
   }
+  const calibBatch = Number(opts.calibBatch ?? 1);
+  if (!Number.isInteger(calibBatch) || calibBatch < 1) {
+    throw new QnnxError('E_USAGE', `--calib-batch must be a positive integer, got '${opts.calibBatch}'`);
+  }
   if (opts.activations === 'fp8' || opts.weights === 'fp8') {
     throw new QnnxError('E_USAGE', 'use --preset fp8 for float8 quantization');
   }
@@ -184,6 +194,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     exclude: opts.exclude,
     include: opts.include,
     foldBatchNorm: opts.foldBn,
+    calibrationBatch: calibBatch,
     cle: opts.cle,
     biasCorrection: biasCorrectionKind(opts.biasCorrection),
     adaround: opts.adaround,
@@ -263,7 +274,8 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
         ],
         [
           'calibration',
-          `${r.calibration.samples} samples, ${r.range}, ${r.calibration.seconds.toFixed(2)} s (${r.calibration.mode})`,
+          `${r.calibration.samples} samples, ${r.range}, ${r.calibration.seconds.toFixed(2)} s (${r.calibration.mode}` +
+            `${batchNote(r.calibration.batch)})`,
         ],
         [
           'left float',
@@ -397,4 +409,10 @@ function biasCorrectionKind(v: string | boolean | undefined): QuantizeOptions['b
   if (v === true) return 'empirical';
   if (v === 'empirical' || v === 'analytic') return v;
   throw new QnnxError('E_USAGE', `--bias-correction must be empirical or analytic, got '${v}'`);
+}
+
+/** ", batch N" (with the reason when batching was asked for and not used); nothing at the default batch 1. */
+function batchNote(b: { batchSize: number; reason?: string } | undefined): string {
+  if (!b || (b.batchSize === 1 && !b.reason)) return '';
+  return `, batch ${b.batchSize}${b.reason ? `: ${b.reason}` : ''}`;
 }

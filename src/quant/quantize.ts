@@ -40,7 +40,7 @@ import { compactQdq } from './rewrites/compact.js';
 import { convTransposeToDepthToSpace } from './rewrites/convtranspose.js';
 import { resizeNearestToExpand } from './rewrites/resize.js';
 import { exactNamePattern, firstConvs, targetWithFloatOps } from './rewrites/select.js';
-import { calibrate, calibrationPlan } from './sim/calibrate.js';
+import { type CalibrationBatching, calibrate, calibrationPlan } from './sim/calibrate.js';
 import { QuantSim, type QuantSimOptions } from './sim/quantsim.js';
 import { getTarget, type TargetProfile } from './sim/targets.js';
 
@@ -110,6 +110,12 @@ export interface QuantizeOptions extends PtqTechniques {
   foldBatchNorm?: boolean;
   /** Graph rewrites (research part C); defaults in RewriteOptions. */
   rewrites?: RewriteOptions;
+  /**
+   * Calibration samples per ONNX Runtime run (default 1). Min/max calibration of models with a dynamic batch axis
+   * stacks consecutive same-shape samples (bit-identical encodings, less per-run overhead); other range methods
+   * and fixed-batch models run one sample at a time (`report.calibration.batch` says which, and why).
+   */
+  calibrationBatch?: number;
   onProgress?: (done: number, total: number | undefined) => void;
 }
 
@@ -120,7 +126,7 @@ export interface QuantizeReport {
   opset: { before: number; after: number };
   quantizers: { activations: number; shared: number; weights: number; biases: number; constants: number };
   skipped: { node: string; opType: string; reason: string }[];
-  calibration: { samples: number; seconds: number; mode: string };
+  calibration: { samples: number; seconds: number; mode: string; batch?: CalibrationBatching };
   weightBytes: { before: number; after: number };
   passes: PassRecord[];
   /** Seconds per phase (prepare, cle, seqMse, adaround, biasCorrection, calibration, softmaxBias, export). */
@@ -316,6 +322,7 @@ export async function quantizeModel(
   const plan = calibrationPlan(sim, method);
   const t0 = performance.now();
   let used = 0;
+  let batching: CalibrationBatching | undefined;
   if (sim.calibratedTensors().length > 0) {
     const runner = await makeRunner(plan.model);
     try {
@@ -324,7 +331,14 @@ export async function quantizeModel(
         plan,
         runner,
         samples,
-        { method, onProgress: options.onProgress },
+        {
+          method,
+          onProgress: options.onProgress,
+          batchSize: options.calibrationBatch,
+          onBatching: (b) => {
+            batching = b;
+          },
+        },
         sampleCount,
       );
     } finally {
@@ -363,7 +377,12 @@ export async function quantizeModel(
       constants: qs.filter((q) => q.kind === 'constant').length,
     },
     skipped: sim.skipped.filter((k) => !excluded.includes(exactNamePattern(k.node))),
-    calibration: { samples: used, seconds: calibSeconds, mode: plan.mode },
+    calibration: {
+      samples: used,
+      seconds: calibSeconds,
+      mode: plan.mode,
+      ...(batching ? { batch: batching } : {}),
+    },
     weightBytes: { before: exported.weightBytesBefore, after: exported.weightBytesAfter },
     passes,
     timings,

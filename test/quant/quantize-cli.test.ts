@@ -127,6 +127,21 @@ describe('qnnx quantize: success', () => {
   });
 });
 
+describe('qnnx quantize --calib-batch', () => {
+  test('batches of 16 samples per run write the same model as one sample per run', () => {
+    const one = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--json']);
+    const many = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--calib-batch', '16', '--json']);
+    assert.equal(many.status, 0, many.stderr);
+    assert.deepEqual(JSON.parse(many.stdout).calibration.batch, { batchSize: 16 });
+    assert.equal(JSON.parse(many.stdout).calibration.samples, 40);
+    assert.ok(Buffer.compare(fs.readFileSync(one.out), fs.readFileSync(many.out)) === 0, 'identical files');
+  });
+
+  test('a batch size that is not a positive integer is refused', () => {
+    assertRefused(quantize([MODEL, '--calib', CALIB, '--calib-batch', '0']), /--calib-batch.*'0'/, 2);
+  });
+});
+
 describe('qnnx quantize --weight-only', () => {
   test('int4 per channel with bias correction from --calib: every layer replaced, under 0.15x the bytes', () => {
     const r = quantize([

@@ -6,11 +6,16 @@
  *   activations out of ONNX Runtime. Only tensors whose range cannot be derived get them: a value computed from a
  *   ranged value by an exact monotone elementwise step (Add/Sub/Mul/Div by a scalar constant, Relu, Clip) gets its
  *   range by applying the step to that range in float32, and a value that is never negative (Relu, Sigmoid,
- *   HardSigmoid, Softmax, Clip at ≥ 0) gets only a ReduceMax (encodings always include 0). The reductions are
- *   concatenated into one output per rank and ordered so ONNX Runtime runs each right after its tensor is made.
+ *   HardSigmoid, Softmax, Clip at ≥ 0) gets only a ReduceMax (encodings always include 0). Float graph inputs are
+ *   reduced in the graph as well, with a ReduceSum that flags NaNs. The reductions are concatenated into one
+ *   output per rank and ordered so ONNX Runtime runs each right after its tensor is made.
  *   The encodings are bit-identical to those of tapping every activation (test/quant/sim/calibrate.test.ts);
  * - histogram methods (percentile, MSE, OCTAV, entropy): the activations are tapped as graph outputs and the
  *   analyzers stream them into fixed-size histograms, so memory stays flat however many samples are fed.
+ *
+ * Min/max can run several samples per ONNX Runtime run (CalibrationOptions.batchSize): the statistics of a batch
+ * are the min/max of its samples', so the encodings stay bit-identical, and small models lose ORT's fixed per-run
+ * cost (calibrationBatching says when batching applies).
  */
 import { isQnnxError, QnnxError } from '../../errors.js';
 import { GraphBuilder } from '../../ir/builder.js';
@@ -18,7 +23,8 @@ import type { Graph, Node } from '../../ir/graph.js';
 import type { Model } from '../../ir/model.js';
 import { inferTypes } from '../../ir/passes/shape-inference.js';
 import { DataType } from '../../onnx/dtype.js';
-import type { Feeds, Runner } from '../../runtime/session.js';
+import { concatAlongBatch } from '../../runtime/batch.js';
+import { type Feeds, feedEntries, type Runner } from '../../runtime/session.js';
 import { copyModelStructure } from '../../runtime/taps.js';
 import { recordElementTypes } from '../../runtime/value-types.js';
 import type { HostTensor } from '../../tensor.js';
@@ -33,6 +39,18 @@ export interface CalibrationOptions {
   limit?: number;
   /** Force tapping full activations even for min/max (for benchmarks). */
   forceTaps?: boolean;
+  /**
+   * Most samples per ORT run (default 1: one run per sample). Consecutive samples with the same input names,
+   * dtypes and dims are concatenated along axis 0; the encodings are bit-identical to batch 1. Applies to
+   * `minmax` on models whose inputs have a dynamic first dim; otherwise calibration runs at batch 1 and
+   * `onBatching` says why (calibrationBatching). On small models this removes ORT's fixed per-run cost.
+   */
+  batchSize?: number;
+  /**
+   * Called with the batch size in effect when `batchSize` is given, and again if batching stops (a batched run
+   * showed that the model does not keep samples apart along axis 0, or failed).
+   */
+  onBatching?: (batching: CalibrationBatching) => void;
 }
 
 export interface CalibrationPlanOptions {
@@ -58,11 +76,16 @@ export type RangeStep =
 
 /** Where a calibrated tensor's per-sample [min, max] comes from in reduce mode. */
 export type RangeSource =
-  /** In-graph reductions: slots in the statistic outputs; no min slot means the tensor is ≥ 0 (min taken as 0). */
-  | { kind: 'reduced'; min?: StatSlot; max: StatSlot }
+  /**
+   * In-graph reductions: slots in the statistic outputs; no min slot means the tensor is ≥ 0 (min taken as 0).
+   * Graph inputs also get `finite`, the slot of their ReduceSum: ONNX Runtime's ReduceMin/ReduceMax skip NaNs
+   * (but for one in the first element), a sum does not, so a non-finite sum makes calibrate() check the feed in JS
+   * (which names the sample and element; a sum that overflows on finite data passes that check).
+   */
+  | { kind: 'reduced'; min?: StatSlot; max: StatSlot; finite?: StatSlot }
   /** From another tensor's range through exact monotone steps (no graph work at all). */
   | { kind: 'derived'; from: string; steps: RangeStep[] }
-  /** A graph input: min/max computed from the feed in JS. */
+  /** A graph input: min/max computed from the feed in JS (taps, every-tensor plan, non-float inputs). */
   | { kind: 'feed' };
 
 export interface StatSlot {
@@ -73,7 +96,10 @@ export interface StatSlot {
 export interface CalibrationPlan {
   /** The model to run: the float model plus statistic outputs. */
   model: Model;
-  /** Tensors read from feeds directly (graph inputs). */
+  /**
+   * Graph inputs whose statistics calibrate() computes from the feeds in JS (the derived min/max plan reduces
+   * float graph inputs in the graph instead, so this is empty there but for non-float inputs).
+   */
   fromFeeds: string[];
   mode: 'reduce' | 'taps';
   /**
@@ -263,10 +289,25 @@ function derivedPlan(
   const types = recordElementTypes(g);
   const shapes = inferShapesOf(model);
   const ranks = new Map([...shapes].map(([name, shape]) => [name, shape.length]));
+  for (const v of g.inputs) {
+    const dims = v.type?.tensor_type?.shape?.dim;
+    if (dims && !shapes.has(v.name)) ranks.set(v.name, dims.length);
+  }
   const consumers = g.consumers();
   const ranges = new Map<string, RangeSource>();
-  for (const t of fromFeeds) ranges.set(t, { kind: 'feed' });
-  const toReduce: { t: string; min: boolean }[] = [];
+  const toReduce: { t: string; min: boolean; feed?: boolean }[] = [];
+  // Float graph inputs are reduced in the graph too (ONNX Runtime's vectorized reductions instead of a JS loop
+  // over every feed), with a ReduceSum that catches NaNs (see RangeSource).
+  const jsFeeds: string[] = [];
+  for (const t of fromFeeds) {
+    if (types.get(t) === DataType.FLOAT) {
+      toReduce.push({ t, min: true, feed: true });
+      ranges.set(t, { kind: 'reduced', max: { output: '', index: 0 } }); // slots filled below
+    } else {
+      jsFeeds.push(t);
+      ranges.set(t, { kind: 'feed' });
+    }
+  }
   for (const n of g.topologicalOrder()) {
     const out = n.outputs[0];
     if (!out || types.get(out) !== DataType.FLOAT) continue;
@@ -299,7 +340,7 @@ function derivedPlan(
   let shape1: string | undefined;
   // One Concat per rank; values of unknown rank are reshaped to [1] and join the rank-1 group.
   const groups = new Map<number, string[]>();
-  const slot = (t: string, op: 'ReduceMin' | 'ReduceMax'): StatSlot => {
+  const slot = (t: string, op: 'ReduceMin' | 'ReduceMax' | 'ReduceSum'): StatSlot => {
     const rank = ranks.get(t);
     let r = b.node(op, [t], { attrs: { keepdims: 1 }, name: `${t}_${op}` }).outputs[0];
     let key = rank ?? 0;
@@ -314,7 +355,7 @@ function derivedPlan(
     return { output: String(key), index: list.length - 1 };
   };
   let reductions = 0;
-  for (const { t, min } of toReduce) {
+  for (const { t, min, feed } of toReduce) {
     // The maximum of a tensor that a covering MaxPool reads is the maximum of the (smaller) pooled tensor, which
     // ONNX Runtime may also have in plain NCHW layout already.
     const pool = (consumers.get(t) ?? []).find(
@@ -327,6 +368,7 @@ function derivedPlan(
       src.min = slot(t, 'ReduceMin');
       reductions++;
     }
+    if (feed) src.finite = slot(t, 'ReduceSum');
     ranges.set(t, src);
   }
   // Node order steers ONNX Runtime's execution order (a depth-first walk back from the graph outputs, taking the
@@ -366,8 +408,9 @@ function derivedPlan(
     if (src.kind !== 'reduced') continue;
     src.max.output = outputName.get(src.max.output)!;
     if (src.min) src.min.output = outputName.get(src.min.output)!;
+    if (src.finite) src.finite.output = outputName.get(src.finite.output)!;
   }
-  return { model, fromFeeds, mode: 'reduce', ranges, reductions, fetch };
+  return { model, fromFeeds: jsFeeds, mode: 'reduce', ranges, reductions, fetch };
 }
 
 /** Shapes of the model's values where shape inference knows them (dims: numbers, symbols or null). */
@@ -434,9 +477,134 @@ function checkFinite(x: Float32Array, tensor: string, sample: number): void {
   }
 }
 
+function allFinite(x: ArrayLike<number>): boolean {
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i])) return false;
+  return true;
+}
+
+/** [min, max] of x into r in one pass; false when x holds a NaN or ±Infinity. */
+function finiteRange(x: Float32Array, r: Float32Array): boolean {
+  let lo = Number.POSITIVE_INFINITY;
+  let hi = Number.NEGATIVE_INFINITY;
+  let nan = false;
+  for (let i = 0; i < x.length; i++) {
+    const e = x[i];
+    if (e < lo) lo = e;
+    if (e > hi) hi = e;
+    nan ||= Number.isNaN(e);
+  }
+  r[0] = lo;
+  r[1] = hi;
+  return !nan && Number.isFinite(lo) && Number.isFinite(hi);
+}
+
+/** How calibration batches samples (see CalibrationOptions.batchSize). */
+export interface CalibrationBatching {
+  /** Most samples per run that calibration uses. */
+  batchSize: number;
+  /** Why it is below the requested size (undefined when it is not). */
+  reason?: string;
+}
+
+/**
+ * The batch size calibrate() uses for a requested `batchSize`: the request for `minmax` when the model's inputs
+ * have a dynamic (or unknown) first dim, else 1 with the reason. Batching keeps the encodings bit-identical only
+ * where the statistics of a batch equal the combined statistics of its samples:
+ * - `minmax` (reduced or every-tensor plan: reductions over all axes; taps: per-tensor MinMaxAnalyzer): the min
+ *   of a concatenation is the min of the per-sample mins, so batches of any size give identical encodings;
+ * - `moving-average` updates its range once per observation (per run), so a batch is one update instead of
+ *   several: batch 1 always;
+ * - histogram methods (percentile, mse, octav, entropy): a histogram of a concatenation is the sum of the
+ *   per-sample histograms in most cases, but not in all: the bin width follows the first observation (a constant
+ *   first sample fixes a width a batch would not have), MSE/OCTAV keep a single observation exactly instead of in
+ *   a histogram, and OCTAV's per-bin float sums re-merge in a different order. Batch 1 always.
+ */
+export function calibrationBatching(
+  sim: QuantSim,
+  plan: CalibrationPlan,
+  runner: Pick<Runner, 'inputs'>,
+  method: RangeMethod,
+  requested = 1,
+): CalibrationBatching {
+  if (!Number.isInteger(requested) || requested < 1) {
+    throw new QnnxError('E_USAGE', `calibration batchSize must be a positive integer, got ${requested}`);
+  }
+  if (requested === 1) return { batchSize: 1 };
+  const one = (reason: string): CalibrationBatching => ({ batchSize: 1, reason });
+  if (method.kind === 'moving-average') {
+    return one('moving-average updates its range once per run, so batches would change the encodings');
+  }
+  if (method.kind !== 'minmax') {
+    return one(
+      `${method.kind} observes each sample on its own (histogram widths and exact single observations ` +
+        'depend on how samples are grouped)',
+    );
+  }
+  if (plan.mode === 'taps') {
+    const feeds = new Set(plan.fromFeeds);
+    for (const t of sim.calibratedTensors()) {
+      const g = sim.quantizers.get(t)?.scheme.granularity;
+      if (!feeds.has(t) && g && g.kind !== 'tensor') {
+        return one(`tensor '${t}' is calibrated per ${g.kind} from full activations`);
+      }
+    }
+  }
+  for (const m of runner.inputs) {
+    if (!m.isTensor) return one(`input '${m.name}' is not a tensor`);
+    if (m.shape === undefined) continue; // unknown rank: the first batched run checks the outputs
+    if (m.shape.length === 0) return one(`input '${m.name}' is a scalar`);
+    if (typeof m.shape[0] === 'number' && m.shape[0] > 0) {
+      return one(`input '${m.name}' has a fixed batch dim of ${m.shape[0]}`);
+    }
+  }
+  return { batchSize: requested };
+}
+
+function feedIterable(feeds: Feeds): Iterable<[string, HostTensor]> {
+  return feeds instanceof Map ? (feeds as ReadonlyMap<string, HostTensor>) : Object.entries(feeds);
+}
+
+/** Whether a sample may be concatenated with others: feeds with a first dim ≥ 1 and a concatenable dtype. */
+function batchable(feeds: Feeds): boolean {
+  let any = false;
+  for (const [, t] of feedIterable(feeds)) {
+    if (
+      t.dims.length === 0 ||
+      t.dims[0] < 1 ||
+      t.dtype === DataType.INT4 ||
+      t.dtype === DataType.UINT4 ||
+      t.dtype === DataType.STRING
+    ) {
+      return false;
+    }
+    any = true;
+  }
+  return any;
+}
+
+/** Whether two samples have the same input names, dtypes and dims (then they may share a batch). */
+function sameLayout(a: Feeds, b: Feeds): boolean {
+  const size = (f: Feeds) => (f instanceof Map ? f.size : Object.keys(f).length);
+  if (size(a) !== size(b)) return false;
+  for (const [name, t] of feedIterable(a)) {
+    const u = feedValue(b, name);
+    if (!u || u.dtype !== t.dtype || u.dims.length !== t.dims.length) return false;
+    for (let i = 0; i < t.dims.length; i++) if (u.dims[i] !== t.dims[i]) return false;
+  }
+  return true;
+}
+
 /**
  * Runs calibration with a runner built on `plan.model` and sets every calibrated quantizer's encoding. Returns
  * the number of samples used.
+ *
+ * With `batchSize` > 1 (see calibrationBatching for when it applies), consecutive samples with the same input
+ * names, dtypes and dims are concatenated along axis 0 into one run of up to `batchSize` samples; a sample that
+ * differs starts a new batch. The encodings are bit-identical to batch 1. Anything wrong with a batch (a
+ * non-finite input or statistic, a failed run) makes calibrate() redo that batch one sample at a time, so errors
+ * name the sample they come from exactly as with batch 1. The first batched run also checks that the model's own
+ * outputs come back with the batch's rows along axis 0; if not (a model that mixes samples), calibration goes on
+ * at batch 1. Samples are held until their batch runs, so an iterable must not reuse a sample's buffers.
  */
 export async function calibrate(
   sim: QuantSim,
@@ -453,9 +621,13 @@ export async function calibrate(
   const feedSet = new Set(plan.fromFeeds);
   const reduceMode = plan.mode === 'reduce';
   const ranges = plan.ranges;
-  // Per-sample [min, max] of every value a range is read or derived from (reduce mode), computed once per sample
-  // (stamp = the sample it was computed for).
+  const batching = calibrationBatching(sim, plan, runner, options.method, options.batchSize ?? 1);
+  let batchSize = batching.batchSize;
+  if (options.batchSize !== undefined) options.onBatching?.(batching);
+  // Per-run [min, max] of every value a range is read or derived from (reduce mode), computed once per run
+  // (stamp = the run it was computed for).
   const sampleRange = new Map<string, { r: Float64Array; stamp: number }>();
+  let runs = 0;
   const pair = new Float32Array(2);
   const rangeOf = (
     t: string,
@@ -469,7 +641,7 @@ export async function calibrate(
       sampleRange.set(t, slot);
     }
     const r = slot.r;
-    if (slot.stamp === sample) return r;
+    if (slot.stamp === runs) return r;
     const src = ranges?.get(t);
     if (!src || src.kind === 'feed') {
       const v = feedValue(feeds, t);
@@ -487,19 +659,25 @@ export async function calibrate(
       r[0] = lo;
       r[1] = hi;
     } else if (src.kind === 'reduced') {
+      if (src.finite && !Number.isFinite((out[src.finite.output].data as Float32Array)[src.finite.index])) {
+        const v = feedValue(feeds, t);
+        if (v) checkFinite(v.data as Float32Array, t, sample);
+      }
       r[0] = src.min ? (out[src.min.output].data as Float32Array)[src.min.index] : 0;
       r[1] = (out[src.max.output].data as Float32Array)[src.max.index];
     } else {
       r.set(rangeOf(src.from, out, feeds, sample));
       deriveRange(src.steps, r);
     }
-    slot.stamp = sample;
+    slot.stamp = runs;
     return r;
   };
   const order = tensors.map((t) => ({ t, a: analyzers.get(t)!, feed: feedSet.has(t) }));
   let n = 0;
+  /** One sample, one run (batch 1). */
   const observe = async (feeds: Feeds): Promise<void> => {
     let out: Record<string, HostTensor>;
+    runs++;
     try {
       out = await runner.run(feeds, wanted);
     } catch (e) {
@@ -541,19 +719,148 @@ export async function calibrate(
     n++;
     options.onProgress?.(n, total);
   };
+
+  // Batches (batchSize > 1). Every analyzer observes once per batch: in-graph tensors their [min, max] over the
+  // batch (or, tapping, the batch's activations); graph inputs quantized per tensor the [min, max] of the
+  // concatenated feed, others each sample's feed as with batch 1.
+  const perTensorFeed = order.map(
+    ({ t, feed }) => feed && sim.quantizers.get(t)?.scheme.granularity.kind === 'tensor',
+  );
+  const batchPairs = new Float32Array(2 * order.length);
+  /** The model's own outputs, fetched once with the first batch to check that they keep the batch's rows. */
+  const ownOutputs = new Set(sim.model.graph.outputs.map((o) => o.name));
+  let probed = false;
+  const stopBatching = (reason: string) => {
+    batchSize = 1;
+    options.onBatching?.({ batchSize: 1, reason });
+  };
+  type Seen = { x: Float32Array; dims: readonly number[] } | undefined;
+  /**
+   * Runs a batch and returns what each analyzer observes (undefined: every sample's feed), or undefined when the
+   * batch must be redone one sample at a time (a non-finite input or statistic, a model that mixes samples).
+   */
+  const runBatch = async (batch: Feeds[]): Promise<Seen[] | undefined> => {
+    const feeds: Record<string, HostTensor> = {};
+    for (const [name] of feedEntries(batch[0])) {
+      feeds[name] = concatAlongBatch(batch.map((f) => feedValue(f, name)!));
+    }
+    const seen: Seen[] = [];
+    for (const [i, { t, feed }] of order.entries()) {
+      if (!feed) continue;
+      const v = feeds[t];
+      if (!v) return undefined;
+      if (perTensorFeed[i]) {
+        const x = batchPairs.subarray(2 * i, 2 * i + 2);
+        if (!finiteRange(v.data as Float32Array, x)) return undefined;
+        seen[i] = { x, dims: [2] };
+      } else if (!allFinite(v.data as Float32Array)) return undefined;
+    }
+    const rows = feedEntries(feeds)[0][1].dims[0];
+    const probe = probed ? [] : [...ownOutputs].filter((o) => !wanted.includes(o)).slice(0, 1);
+    runs++;
+    const out = await runner.run(feeds, probe.length ? [...wanted, ...probe] : wanted);
+    if (!probed) {
+      // The model's own outputs (and, tapping, the activations) must keep the batch's rows along axis 0.
+      const check = Object.keys(out).filter((o) => ownOutputs.has(o) || !reduceMode);
+      const bad = check.find((o) => out[o].dims.length === 0 || out[o].dims[0] !== rows);
+      if (bad) {
+        stopBatching(
+          `output '${bad}' of a ${batch.length}-sample run has dims [${out[bad].dims.join(', ')}], not ` +
+            `${rows} rows along axis 0`,
+        );
+        return undefined;
+      }
+      probed = true;
+    }
+    for (const [i, { t, feed }] of order.entries()) {
+      if (feed) continue;
+      let x: Float32Array;
+      let dims: readonly number[] = [2];
+      if (reduceMode && ranges) {
+        const r = rangeOf(t, out, feeds, n);
+        x = batchPairs.subarray(2 * i, 2 * i + 2);
+        x[0] = r[0];
+        x[1] = r[1];
+      } else if (reduceMode) {
+        x = batchPairs.subarray(2 * i, 2 * i + 2);
+        x[0] = (out[`${t}${MIN_SUFFIX}`].data as Float32Array)[0];
+        x[1] = (out[`${t}${MAX_SUFFIX}`].data as Float32Array)[0];
+      } else {
+        x = out[t].data as Float32Array;
+        dims = out[t].dims;
+      }
+      if (!allFinite(x)) return undefined;
+      seen[i] = { x, dims };
+    }
+    return seen;
+  };
+  const observeBatch = async (batch: Feeds[]): Promise<void> => {
+    if (batch.length === 1) return observe(batch[0]);
+    let seen: Seen[] | undefined;
+    let failed: unknown;
+    try {
+      seen = await runBatch(batch);
+    } catch (e) {
+      failed = e;
+    }
+    if (!seen) {
+      // Batch 1 for these samples: the same statistics, and errors that name their sample.
+      for (const feeds of batch) await observe(feeds);
+      if (failed !== undefined && batchSize > 1) {
+        stopBatching(`a batched run failed (${failed instanceof Error ? failed.message : String(failed)})`);
+      }
+      return;
+    }
+    for (const [i, { t, a }] of order.entries()) {
+      const s = seen[i];
+      if (s) a.observe(s.x, s.dims);
+      else {
+        for (const feeds of batch) {
+          const v = feedValue(feeds, t)!;
+          a.observe(v.data as Float32Array, v.dims);
+        }
+      }
+    }
+    for (let i = 0; i < batch.length; i++) {
+      n++;
+      options.onProgress?.(n, total);
+    }
+  };
+  let pending: Feeds[] = [];
+  const flush = async (): Promise<void> => {
+    if (pending.length === 0) return;
+    const batch = pending;
+    pending = [];
+    await observeBatch(batch);
+  };
+  const take = async (feeds: Feeds): Promise<void> => {
+    if (batchSize === 1) {
+      await flush();
+      return observe(feeds);
+    }
+    if (!batchable(feeds)) {
+      await flush();
+      return observe(feeds);
+    }
+    if (pending.length > 0 && !sameLayout(feeds, pending[0])) await flush();
+    pending.push(feeds);
+    if (pending.length >= batchSize) await flush();
+  };
+  const full = () => options.limit !== undefined && n + pending.length >= options.limit;
   // A plain iterable (an array of samples) is walked synchronously: for-await over it costs a few microseconds a
   // sample, which shows on small models.
   if (typeof (samples as Iterable<Feeds>)[Symbol.iterator] === 'function') {
     for (const feeds of samples as Iterable<Feeds>) {
-      if (options.limit !== undefined && n >= options.limit) break;
-      await observe(feeds);
+      if (full()) break;
+      await take(feeds);
     }
   } else {
     for await (const feeds of samples as AsyncIterable<Feeds>) {
-      if (options.limit !== undefined && n >= options.limit) break;
-      await observe(feeds);
+      if (full()) break;
+      await take(feeds);
     }
   }
+  await flush();
   if (n === 0) throw new QnnxError('E_DATA', 'no calibration samples were given');
   for (const t of tensors) sim.setEncoding(t, analyzers.get(t)!.computeEncoding());
   return n;

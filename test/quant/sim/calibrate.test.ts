@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { openDataSource } from '../../../src/data/index.js';
+import { isQnnxError } from '../../../src/errors.js';
 import { loadModel } from '../../../src/io/model-file.js';
 import { GraphBuilder, valueInfo } from '../../../src/ir/builder.js';
 import { Graph } from '../../../src/ir/graph.js';
@@ -20,13 +21,14 @@ import { requiredOpset } from '../../../src/quant/export/qdq.js';
 import { buildSim, prepareModel } from '../../../src/quant/quantize.js';
 import type { QuantScheme } from '../../../src/quant/scheme.js';
 import {
+  type CalibrationBatching,
   type CalibrationPlanOptions,
   calibrate,
   calibrationPlan,
   deriveRange,
 } from '../../../src/quant/sim/calibrate.js';
 import type { QuantSim } from '../../../src/quant/sim/quantsim.js';
-import { type Feeds, Session } from '../../../src/runtime/session.js';
+import { type Feeds, type Runner, Session } from '../../../src/runtime/session.js';
 import type { HostTensor } from '../../../src/tensor.js';
 import { mulberry32 } from '../../helpers/ort.js';
 
@@ -84,8 +86,8 @@ describe('min/max calibration plans', () => {
       assert.equal(taps.encodings.size, 5);
       assertSameEncodings(taps.encodings, reduced.encodings, 'reduced plan vs taps');
       assertSameEncodings(taps.encodings, every.encodings, 'every-tensor plan vs taps');
-      // The three Relu outputs need only ReduceMax; the logits (Gemm) need both; the input is read from the feeds.
-      assert.equal(reduced.reductions, 5);
+      // The three Relu outputs need only ReduceMax; the logits (Gemm) and the input need both.
+      assert.equal(reduced.reductions, 7);
       assert.equal(every.reductions, 8);
       // logits plus one statistics output per rank (rank 4 after the convolutions, rank 2 after the Gemms)
       assert.equal(reduced.outputs, 3);
@@ -97,14 +99,14 @@ describe('min/max calibration plans', () => {
  * A graph with every derivable step (HardSwish as Add/Clip/Mul, then Div, Mul by a negative constant, Sub, Sub
  * from a constant, Relu, Clip) between two Convs, plus non-negative outputs (Sigmoid, Relu of a non-ranged value).
  */
-function chainModel(): { model: Model; calibrated: string[] } {
+function chainModel(inputDims: (number | string)[] = [1, 4, 9, 9]): { model: Model; calibrated: string[] } {
   const m = new Model();
   m.irVersion = 8;
   m.opsetImports = [{ domain: '', version: 17 }];
   const g = new Graph();
   g.name = 'chain';
   m.graph = g;
-  g.inputs.push(valueInfo('x', DataType.FLOAT, [1, 4, 9, 9]));
+  g.inputs.push(valueInfo('x', DataType.FLOAT, inputDims));
   const b = new GraphBuilder(g);
   const rng = mulberry32(7);
   const w1 = b.floats(
@@ -161,12 +163,12 @@ const UINT8: QuantScheme = {
   scaleType: 'float',
 };
 
-function chainSamples(n: number, seed: number): Feeds[] {
+function chainSamples(n: number, seed: number, size = 9): Feeds[] {
   const rng = mulberry32(seed);
   return Array.from({ length: n }, (_, i) => {
-    const data = new Float32Array(4 * 81);
+    const data = new Float32Array(4 * size * size);
     for (let k = 0; k < data.length; k++) data[k] = (rng() - 0.5) * (2 + i);
-    return new Map([['x', { dtype: DataType.FLOAT, dims: [1, 4, 9, 9], data } as HostTensor]]);
+    return new Map([['x', { dtype: DataType.FLOAT, dims: [1, 4, size, size], data } as HostTensor]]);
   });
 }
 
@@ -176,15 +178,17 @@ describe('range derivation', () => {
     const sim = chainSim(model, calibrated, UINT8);
     const plan = calibrationPlan(sim, { kind: 'minmax' });
     const kinds = new Map([...plan.ranges!].map(([t, s]) => [t, s.kind]));
-    assert.equal(kinds.get('x'), 'feed');
+    assert.equal(kinds.get('x'), 'reduced');
+    assert.ok((plan.ranges!.get('x') as { finite?: unknown }).finite, 'the input has a NaN check');
+    assert.deepEqual(plan.fromFeeds, []);
     for (const t of ['conv1', 'hswish', 'conv2', 'sig', 'relu2'].map((n) => `${n}_out`))
       assert.equal(kinds.get(t), 'reduced', t);
     for (const t of ['add3', 'clip6', 'div6', 'mulneg', 'sub', 'rsub', 'relu', 'clip2'].map(
       (n) => `${n}_out`,
     ))
       assert.equal(kinds.get(t), 'derived', t);
-    // ReduceMax for all five; ReduceMin only for the Conv outputs and the HardSwish product
-    assert.equal(plan.reductions, 8);
+    // ReduceMax for the five and the input; ReduceMin only for the input, the Conv outputs and the HardSwish product
+    assert.equal(plan.reductions, 10);
 
     const tapped = calibrationPlan(sim, { kind: 'minmax' }, { forceTaps: true });
     const taps = await Session.create(tapped.model);
@@ -269,4 +273,195 @@ describe('range derivation', () => {
       assertSameEncodings(taps.encodings, reduced.encodings, 'reduced plan vs taps');
     });
   }
+});
+
+/** The rows (first input dim) of every run a runner makes. */
+function countingRunner(runner: Runner, rows: number[]): Runner {
+  return {
+    name: runner.name,
+    inputs: runner.inputs,
+    outputs: runner.outputs,
+    run: (feeds, names) => {
+      const first = feeds instanceof Map ? [...feeds.values()][0] : Object.values(feeds)[0];
+      rows.push(first.dims[0]);
+      return runner.run(feeds, names);
+    },
+  };
+}
+
+interface BatchedRun {
+  encodings: Map<string, Encoding>;
+  used: number;
+  /** Rows of each ORT run. */
+  rows: number[];
+  progress: number[];
+  batching: CalibrationBatching[];
+}
+
+/** Calibrates a fresh sim with `batchSize` and returns the encodings, the runs and the progress calls. */
+async function calibrateBatched(
+  makeSim: () => QuantSim,
+  samples: Feeds[],
+  method: RangeMethod,
+  batchSize: number | undefined,
+  extra: { forceTaps?: boolean; limit?: number } = {},
+): Promise<BatchedRun> {
+  const sim = makeSim();
+  const plan = calibrationPlan(sim, method, { forceTaps: extra.forceTaps });
+  const session = await Session.create(plan.model);
+  const rows: number[] = [];
+  const progress: number[] = [];
+  const batching: CalibrationBatching[] = [];
+  let used: number;
+  try {
+    used = await calibrate(
+      sim,
+      plan,
+      countingRunner(session, rows),
+      samples,
+      {
+        method,
+        batchSize,
+        limit: extra.limit,
+        onProgress: (done) => progress.push(done),
+        onBatching: (b) => batching.push(b),
+      },
+      samples.length,
+    );
+  } finally {
+    await session.release();
+  }
+  const encodings = new Map(sim.calibratedTensors().map((t) => [t, sim.quantizers.get(t)!.encoding!]));
+  return { encodings, used, rows, progress, batching };
+}
+
+function fashionSim(): QuantSim {
+  const model = loadModel(path.join(EX, 'model.onnx'));
+  prepareModel(model, requiredOpset(buildSim(model, {})));
+  return buildSim(model, {});
+}
+
+const range1 = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
+
+describe('batched calibration', () => {
+  test('Fashion-MNIST minmax: batches of 7 (not dividing 256) give the batch-1 encodings bit for bit', async () => {
+    const samples = await fashionSamples();
+    assert.equal(samples.length, 256);
+    const one = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, undefined);
+    const seven = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 7);
+    assertSameEncodings(one.encodings, seven.encodings, 'batch 7 vs batch 1');
+    assert.equal(one.used, 256);
+    assert.equal(seven.used, 256);
+    assert.deepEqual(one.rows, new Array(256).fill(1));
+    // 36 runs of 7 and one of 4
+    assert.deepEqual(seven.rows, [...new Array(36).fill(7), 4]);
+    // progress counts samples, not runs
+    assert.deepEqual(seven.progress, range1(256));
+    assert.deepEqual(seven.batching, [{ batchSize: 7 }]);
+    // tapping the activations instead of reducing them: the same
+    const taps = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 16, { forceTaps: true });
+    assertSameEncodings(one.encodings, taps.encodings, 'taps at batch 16 vs batch 1');
+    assert.equal(taps.rows.length, 16);
+    // a limit counts samples
+    const limited = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 4, { limit: 10 });
+    assert.equal(limited.used, 10);
+    assert.deepEqual(limited.rows, [4, 4, 2]);
+  });
+
+  test('moving-average and histogram methods run at batch 1 and say why', async () => {
+    const samples = (await fashionSamples()).slice(0, 24);
+    for (const method of [
+      { kind: 'moving-average', momentum: 0.01 },
+      { kind: 'percentile', percentile: 99.9 },
+    ] as RangeMethod[]) {
+      const one = await calibrateBatched(fashionSim, samples, method, undefined);
+      const asked = await calibrateBatched(fashionSim, samples, method, 8);
+      assertSameEncodings(one.encodings, asked.encodings, `${method.kind}: batchSize 8 vs 1`);
+      assert.deepEqual(asked.rows, new Array(24).fill(1), method.kind);
+      assert.equal(asked.batching.length, 1);
+      assert.equal(asked.batching[0].batchSize, 1);
+      assert.match(asked.batching[0].reason ?? '', new RegExp(method.kind));
+    }
+  });
+
+  test('samples of another shape start a new batch; a fixed batch dim means batch 1', async () => {
+    const { model, calibrated } = chainModel(['N', 4, 'H', 'W']);
+    const makeSim = () => chainSim(model, calibrated, UINT8);
+    const samples = [
+      ...chainSamples(3, 5, 9),
+      ...chainSamples(2, 6, 7),
+      ...chainSamples(5, 7, 9),
+      ...chainSamples(1, 8, 11),
+    ];
+    const one = await calibrateBatched(makeSim, samples, { kind: 'minmax' }, 1);
+    const four = await calibrateBatched(makeSim, samples, { kind: 'minmax' }, 4);
+    assertSameEncodings(one.encodings, four.encodings, 'mixed shapes, batch 4 vs batch 1');
+    assert.deepEqual(four.rows, [3, 2, 4, 1, 1]);
+    assert.deepEqual(four.progress, range1(11));
+    assert.equal(four.used, 11);
+
+    const fixed = chainModel([1, 4, 9, 9]);
+    const r = await calibrateBatched(
+      () => chainSim(fixed.model, fixed.calibrated, UINT8),
+      chainSamples(5, 5, 9),
+      { kind: 'minmax' },
+      4,
+    );
+    assert.deepEqual(r.rows, [1, 1, 1, 1, 1]);
+    assert.equal(r.batching[0].batchSize, 1);
+    assert.match(r.batching[0].reason ?? '', /fixed batch dim of 1/);
+  });
+
+  test('a non-finite value in sample k of a batch is reported as sample k', async () => {
+    const samples = await fashionSamples();
+    // NaN in the input of sample 11 (the 4th sample of the second batch of 8)
+    const bad = samples.slice(0, 20).map((s) => new Map(s as Map<string, HostTensor>));
+    const x = bad[11].get('input')!;
+    const data = (x.data as Float32Array).slice();
+    data[300] = Number.NaN;
+    bad[11].set('input', { ...x, data });
+    const sampleOf = async (run: Promise<unknown>): Promise<unknown> => {
+      try {
+        await run;
+      } catch (e) {
+        assert.ok(isQnnxError(e), String(e));
+        assert.match(e.message, new RegExp(`^calibration sample ${e.context.sample}: tensor '\\w+' holds`));
+        return e.context.sample;
+      }
+      assert.fail('no error');
+    };
+    for (const batchSize of [1, 8]) {
+      await assert.rejects(calibrateBatched(fashionSim, bad, { kind: 'minmax' }, batchSize), {
+        message: "calibration sample 11: tensor 'input' holds NaN at element 300; check the input data",
+      });
+      assert.equal(
+        await sampleOf(calibrateBatched(fashionSim, bad, { kind: 'minmax' }, batchSize)),
+        11,
+        `input NaN, batch ${batchSize}`,
+      );
+    }
+    // finite inputs that overflow to Infinity inside the graph (a reduced statistic), sample 6 of batches of 4
+    const { model, calibrated } = chainModel(['N', 4, 9, 9]);
+    const chain = chainSamples(9, 3);
+    ((chain[6] as Map<string, HostTensor>).get('x')!.data as Float32Array).fill(3e38);
+    for (const batchSize of [1, 4]) {
+      const rows: number[] = [];
+      const sim = chainSim(model, calibrated, UINT8);
+      const plan = calibrationPlan(sim, { kind: 'minmax' });
+      const session = await Session.create(plan.model);
+      try {
+        const e = await sampleOf(
+          calibrate(sim, plan, countingRunner(session, rows), chain, {
+            method: { kind: 'minmax' },
+            batchSize,
+          }),
+        );
+        assert.equal(e, 6, `overflow, batch ${batchSize}`);
+      } finally {
+        await session.release();
+      }
+      // batch 4: [0..3] batched, then [4..7] batched, found non-finite and redone one by one up to sample 6
+      if (batchSize === 4) assert.deepEqual(rows, [4, 4, 1, 1, 1]);
+    }
+  });
 });
