@@ -38,6 +38,9 @@ interface QuantizeCliOptions {
   adaround?: boolean;
   seqMse?: boolean;
   softmaxBias?: boolean;
+  targetSqnr?: string;
+  fallback?: string;
+  maxFallbacks?: string;
   auto?: boolean;
   allowedDrop?: string;
   evalData?: string;
@@ -106,6 +109,16 @@ export function registerQuantize(
       '--softmax-bias',
       'softmax bias correction: restore the row sums of quantized softmax outputs feeding MatMuls (S08)',
     )
+    .option(
+      '--target-sqnr <dB>',
+      'mixed precision: leave the fewest activations float (or --fallback int16) until the output SQNR on the first calibration samples reaches dB',
+    )
+    .option(
+      '--fallback <kind>',
+      'with --target-sqnr: float (fastest on ONNX Runtime CPU) or int16 (NPUs)',
+      'float',
+    )
+    .option('--max-fallbacks <n>', 'with --target-sqnr: most quantizer groups to fall back', '16')
     .option(
       '--auto',
       'AutoQuant: plain PTQ, then + CLE, then + AdaRound; stop at the first within --allowed-drop',
@@ -200,6 +213,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     adaround: opts.adaround,
     seqMse: opts.seqMse,
     softmaxBias: opts.softmaxBias,
+    mixedPrecision: mixedPrecisionOptions(opts),
     onProgress: (d, t) => progress.update(d, t),
     ...typeOverride('weights', opts.weights),
     ...typeOverride('activations', opts.activations),
@@ -296,11 +310,41 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
             `${t.step}: ${acc}${sq}drop ${t.drop.toFixed(2)}${t.withinDrop ? ' (within)' : ''}`,
           ];
         }),
+        ...(r.mixedPrecision
+          ? [
+              [
+                'mixed precision',
+                `${r.mixedPrecision.picks.length} ${r.mixedPrecision.fallback} fallbacks, SQNR ` +
+                  `${r.mixedPrecision.baselineSqnrDb.toFixed(1)} -> ${r.mixedPrecision.sqnrDb.toFixed(1)} dB ` +
+                  `(target ${r.mixedPrecision.targetSqnrDb} dB${r.mixedPrecision.met ? ', met' : ', not met'})`,
+              ],
+            ]
+          : []),
         ['time', `${seconds.toFixed(2)} s`],
       ],
       ['l', 'l'],
     )}\n`,
   );
+}
+
+/** --target-sqnr, --fallback and --max-fallbacks as mixed-precision options (undefined without --target-sqnr). */
+function mixedPrecisionOptions(opts: QuantizeCliOptions): QuantizeOptions['mixedPrecision'] {
+  if (opts.targetSqnr === undefined) return undefined;
+  const target = Number(opts.targetSqnr);
+  if (!Number.isFinite(target)) {
+    throw new QnnxError('E_USAGE', `--target-sqnr must be a number of dB, got '${opts.targetSqnr}'`);
+  }
+  const fallback = opts.fallback ?? 'float';
+  if (fallback !== 'float' && fallback !== 'int16') {
+    throw new QnnxError('E_USAGE', `--fallback must be float or int16, got '${fallback}'`);
+  }
+  const maxFallbacks = Number(opts.maxFallbacks ?? 16);
+  if (!Number.isInteger(maxFallbacks) || maxFallbacks < 0) {
+    throw new QnnxError('E_USAGE', `--max-fallbacks must be an integer >= 0, got '${opts.maxFallbacks}'`);
+  }
+  // Only picks that lower the output noise are kept (tolerance 0): on a model whose target is out of reach a
+  // plateau of near-neutral picks would otherwise cost speed for nothing.
+  return { targetSqnrDb: target, fallback, maxFallbacks, tolerance: 0 };
 }
 
 /**

@@ -4,6 +4,7 @@
  * and written back without changes is the same model.
  */
 import { QnnxError } from '../errors.js';
+import { decodeModelProto, encodeModelProto } from '../onnx/codec.js';
 import type {
   AttributeProto,
   FunctionProto,
@@ -338,4 +339,9 @@ function attributeToProto(a: Attribute, opts: ToProtoOptions): AttributeProto {
       break;
   }
   return ap;
+}
+
+/** A deep copy of a model (through its protobuf encoding: nothing is shared with the original). */
+export function cloneModel(model: Model): Model {
+  return modelFromProto(decodeModelProto(encodeModelProto(modelToProto(model, {})), 'model'));
 }

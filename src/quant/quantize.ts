@@ -10,7 +10,8 @@
  *      leaves an image model's stem float), weight encodings;
  *   4. sequential MSE weight encodings (`seqMse`), AdaRound (`adaround`), bias correction (`biasCorrection`,
  *      empirical or analytic; the 'quantized inputs' form runs after calibration);
- *   5. activation calibration with ONNX Runtime; softmax bias correction (`softmaxBias`);
+ *   5. activation calibration with ONNX Runtime; softmax bias correction (`softmaxBias`); mixed precision
+ *      (`mixedPrecision`: fall back the fewest quantizers until the output SQNR reaches a target);
  *   6. QDQ export, absorption of the affine chains into the Q/DQ parameters, dead nodes, compaction (zero points
  *      before Convs, short generated names).
  *
@@ -18,7 +19,7 @@
  * data-driven technique, so it must be re-iterable (an array or a DataSource) when any is on.
  */
 import { QnnxError } from '../errors.js';
-import type { Model } from '../ir/model.js';
+import { cloneModel, type Model } from '../ir/model.js';
 import type { PassRecord } from '../ir/pass.js';
 import { eliminateDeadNodes, foldBatchNorm, foldConstants, upgradeOpset } from '../ir/passes/index.js';
 import { type AdaRoundModelOptions, type AdaRoundReport, adaround } from '../ptq/adaround.js';
@@ -33,6 +34,7 @@ import { correctSoftmaxBias, type SoftmaxBiasOptions } from '../ptq/softmax-bias
 import type { Feeds, Runner } from '../runtime/session.js';
 import { parseRangeMethod } from './analyzers/index.js';
 import { exportQdq, requiredOpset } from './export/qdq.js';
+import { type MixedPrecisionOptions, type MixedPrecisionReport, mixedPrecision } from './mixed-precision.js';
 import { getPreset, type PresetName } from './presets.js';
 import { absorbAffineIntoQdq, absorbableAffineChains } from './rewrites/affine-absorb.js';
 import { foldAffineIntoConv } from './rewrites/affine-into-conv.js';
@@ -88,6 +90,12 @@ export interface PtqTechniques {
   biasCorrection?: false | 'empirical' | 'analytic' | EmpiricalBiasCorrectionOptions;
   /** Softmax bias correction (research S08) of softmax outputs feeding MatMuls, after calibration. */
   softmaxBias?: boolean | SoftmaxBiasOptions;
+  /**
+   * Automatic mixed precision (src/quant/mixed-precision.ts) after calibration: the fewest quantizer groups fall
+   * back to float (or int16) until the output SQNR against the float model, on the first calibration samples,
+   * reaches `targetSqnrDb` (default 30). The float reference is the prepared model before CLE and bias correction.
+   */
+  mixedPrecision?: MixedPrecisionOptions;
 }
 
 export interface QuantizeOptions extends PtqTechniques {
@@ -127,6 +135,8 @@ export interface QuantizeReport {
   quantizers: { activations: number; shared: number; weights: number; biases: number; constants: number };
   skipped: { node: string; opType: string; reason: string }[];
   calibration: { samples: number; seconds: number; mode: string; batch?: CalibrationBatching };
+  /** The mixed-precision search, when asked for (without its per-candidate screening table). */
+  mixedPrecision?: Omit<MixedPrecisionReport, 'screening'>;
   weightBytes: { before: number; after: number };
   passes: PassRecord[];
   /** Seconds per phase (prepare, cle, seqMse, adaround, biasCorrection, calibration, softmaxBias, export). */
@@ -250,6 +260,8 @@ export async function quantizeModel(
   const base: QuantizeOptions = { ...options, target };
   // Place once to learn the opset the export needs, then prepare and place for real.
   const passes = prepareModel(model, requiredOpset(buildSim(model, base)), options.foldBatchNorm ?? true, rw);
+  // The float reference of mixed precision: prepared (exact rewrites only), before CLE and bias correction.
+  const floatReference = options.mixedPrecision ? cloneModel(model) : undefined;
   if (cleOptions) {
     lap('prepare');
     passes.push(equalizeCrossLayer(model, { ...cleOptions, bnStats }));
@@ -357,6 +369,16 @@ export async function quantizeModel(
     lap('softmaxBias');
   }
   sim.finalizeEncodings();
+  let mixed: MixedPrecisionReport | undefined;
+  if (options.mixedPrecision) {
+    mixed = await mixedPrecision(sim, floatReference, samples, options.mixedPrecision);
+    passes.push({
+      pass: 'mixed-precision',
+      changed: mixed.picks.length > 0,
+      details: { picks: mixed.picks.map((p) => p.name), sqnrDb: mixed.sqnrDb, met: mixed.met },
+    });
+    lap('mixedPrecision');
+  }
   const exported = exportQdq(sim);
   if (rw.absorbAffine ?? true) passes.push(absorbAffineIntoQdq(exported.model));
   passes.push(eliminateDeadNodes(exported.model));
@@ -387,6 +409,10 @@ export async function quantizeModel(
     passes,
     timings,
   };
+  if (mixed) {
+    const { screening: _screening, ...rest } = mixed;
+    report.mixedPrecision = rest;
+  }
   return { model: exported.model, sim, report };
 }
 

@@ -41,10 +41,9 @@
 import { QnnxError } from '../errors.js';
 import { GraphBuilder, valueInfo } from '../ir/builder.js';
 import type { Node } from '../ir/graph.js';
-import { type Model, modelFromProto, modelToProto } from '../ir/model.js';
+import { cloneModel, type Model } from '../ir/model.js';
 import { eliminateDeadNodes } from '../ir/passes/dead-code.js';
 import type { Dim, TypeTable } from '../ir/passes/shape-inference.js';
-import { decodeModelProto, encodeModelProto } from '../onnx/codec.js';
 import { DataType, dataTypeName } from '../onnx/dtype.js';
 import { AttributeType } from '../onnx/proto.js';
 import { elementCount, type HostTensor } from '../tensor.js';
@@ -146,9 +145,7 @@ const NON_PARAMETER_SLOTS: Record<string, number[]> = {
 };
 
 /** A deep copy of a model (through its protobuf encoding). */
-export function cloneModel(model: Model): Model {
-  return modelFromProto(decodeModelProto(encodeModelProto(modelToProto(model, {})), 'model'));
-}
+export { cloneModel };
 
 function usage(message: string, context: Record<string, unknown> = {}): QnnxError {
   return new QnnxError('E_USAGE', message, context);

@@ -142,6 +142,27 @@ describe('qnnx quantize --calib-batch', () => {
   });
 });
 
+describe('qnnx quantize --target-sqnr (mixed precision)', () => {
+  test('falls back the fewest activations to reach the target, and says so', () => {
+    const r = quantize([MODEL, '--calib', CALIB, '--samples', '32', '--target-sqnr', '42', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const m = JSON.parse(r.stdout).mixedPrecision;
+    assert.equal(m.fallback, 'float');
+    assert.ok(m.baselineSqnrDb < 42, `baseline ${m.baselineSqnrDb}`);
+    assert.equal(m.met, true);
+    assert.ok(m.sqnrDb >= 42 && m.picks.length >= 1 && m.picks.length <= 16, JSON.stringify(m.picks));
+    assert.ok(fs.statSync(r.out).size < 0.3 * fs.statSync(MODEL).size);
+  });
+
+  test('an unknown fallback kind is refused', () => {
+    assertRefused(
+      quantize([MODEL, '--calib', CALIB, '--target-sqnr', '40', '--fallback', 'fp8']),
+      /--fallback.*'fp8'/,
+      2,
+    );
+  });
+});
+
 describe('qnnx quantize --weight-only', () => {
   test('int4 per channel with bias correction from --calib: every layer replaced, under 0.15x the bytes', () => {
     const r = quantize([
