@@ -32,11 +32,27 @@ export { convertToFloat16 } from './quant/export/fp16.js';
 export { exportWeightOnly, weightOnlySimulation } from './quant/export/matmulnbits.js';
 export { exportQdq } from './quant/export/qdq.js';
 export { correctWeightOnlyBias } from './quant/export/weight-only.js';
+export {
+  type MixedPrecisionOptions,
+  type MixedPrecisionReport,
+  mixedPrecision,
+} from './quant/mixed-precision.js';
 export { PRESETS, type PresetName } from './quant/presets.js';
-export { type QuantizeOptions, type QuantizeReport, quantizeModel } from './quant/quantize.js';
+export {
+  type PtqTechniques,
+  type QuantizeOptions,
+  type QuantizeReport,
+  quantizeModel,
+  type RewriteOptions,
+} from './quant/quantize.js';
 export { dequantize, fakeQuantize, quantize, sqnrDb } from './quant/quantizer.js';
 export * from './quant/scheme.js';
-export { calibrate, calibrationPlan } from './quant/sim/calibrate.js';
+export {
+  type CalibrationBatching,
+  calibrate,
+  calibrationBatching,
+  calibrationPlan,
+} from './quant/sim/calibrate.js';
 export { type Quantizer, QuantSim, type QuantSimOptions } from './quant/sim/quantsim.js';
 export { getTarget, parseTarget, TARGETS, type TargetProfile } from './quant/sim/targets.js';
 export * from './runtime/index.js';
