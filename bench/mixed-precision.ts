@@ -4,7 +4,7 @@
  *
  *   npx tsc -p tsconfig.json && node dist/bench/mixed-precision.js [--only det,rec,cls,mel,emb] [--quick]
  *        [--target 30] [--fallback float|int16] [--latency-weight 0] [--weights] [--top 8] [--no-latency]
- *        [--tolerance 0.02] [--max-fallbacks N]   (qnnx quantize --target-sqnr uses --tolerance 0 --max-fallbacks 16)
+ *        [--tolerance 0.02] [--max-fallbacks N]   (qnnx quantize --target-sqnr: --max-fallbacks 16)
  *
  * Per model: W8A8 (ort-cpu: int8 per-channel weights, uint8 per-tensor activations, minmax, empirical bias
  * correction), then mixedPrecision on the calibration inputs (selection), and the output SQNR of both models on
