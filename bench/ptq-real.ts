@@ -47,6 +47,7 @@ import {
   wakeScore,
   withoutInputs,
 } from './assets/inputs.js';
+import { alternatingLatency } from './assets/latency.js';
 import { available, SENTENCES, VOICES } from './assets/render.js';
 
 const argv = process.argv.slice(2);
@@ -110,42 +111,14 @@ async function sqnrOver(a: Session, b: Session, samples: Feeds[], output?: strin
   return s;
 }
 
-/** Median latency of alternating runs of two sessions on the same feeds, after warm-up. */
+/** Median latency of alternating runs of a float and a quantized model on the same feeds, after warm-up. */
 async function latency(fModel: Uint8Array, qModel: Uint8Array, feeds: Feeds, rounds: number) {
   const a = await Session.create(fModel);
   const b = await Session.create(qModel);
-  for (let i = 0; i < 2; i++) {
-    await a.run(feeds);
-    await b.run(feeds);
-  }
-  const ta: number[] = [];
-  const tb: number[] = [];
-  for (let i = 0; i < rounds; i++) {
-    const order: [Session, number[]][] =
-      i % 2
-        ? [
-            [a, ta],
-            [b, tb],
-          ]
-        : [
-            [b, tb],
-            [a, ta],
-          ];
-    for (const [s, arr] of order) {
-      const t = performance.now();
-      await s.run(feeds);
-      arr.push(performance.now() - t);
-    }
-  }
+  const r = await alternatingLatency(a, b, feeds, rounds);
   await a.release();
   await b.release();
-  const med = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
-  return {
-    float: med(ta),
-    int8: med(tb),
-    ratio: med(tb) / med(ta),
-    minRatio: Math.min(...tb) / Math.min(...ta),
-  };
+  return { float: r.a, int8: r.b, ratio: r.ratio, minRatio: r.minRatio };
 }
 
 /** A variant of the pipeline: its rewrites, and whether empirical bias correction is on (default on). */

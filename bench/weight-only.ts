@@ -30,6 +30,7 @@ import { correctWeightOnlyBias } from '../src/quant/export/weight-only.js';
 import { prepareModel } from '../src/quant/quantize.js';
 import { type Feeds, Session } from '../src/runtime/session.js';
 import { detInput, MODELS, recInput, Sqnr } from './assets/inputs.js';
+import { alternatingLatency } from './assets/latency.js';
 import { available } from './assets/render.js';
 
 const argv = process.argv.slice(2);
@@ -188,31 +189,7 @@ function relErr(y: Float32Array, ref: Float32Array): number {
 
 /** Median latency ratio (b / a) of alternating runs on the same feeds, after warm-up. */
 async function latencyRatio(a: Session, b: Session, feeds: Feeds, n: number): Promise<number> {
-  for (let i = 0; i < 2; i++) {
-    await a.run(feeds);
-    await b.run(feeds);
-  }
-  const ta: number[] = [];
-  const tb: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const order: [Session, number[]][] =
-      i % 2
-        ? [
-            [a, ta],
-            [b, tb],
-          ]
-        : [
-            [b, tb],
-            [a, ta],
-          ];
-    for (const [s, arr] of order) {
-      const t = performance.now();
-      await s.run(feeds);
-      arr.push(performance.now() - t);
-    }
-  }
-  const med = (x: number[]) => [...x].sort((p, q) => p - q)[x.length >> 1]!;
-  return med(tb) / med(ta);
+  return (await alternatingLatency(a, b, feeds, n)).ratio;
 }
 
 /** Op counts of ONNX Runtime's optimized graph (level 'all'), read back from the file it writes. */
