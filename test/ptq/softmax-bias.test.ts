@@ -69,6 +69,32 @@ const sample = (seed: number): Feeds => {
   };
 };
 
+const calib = [1, 2, 3, 4].map(sample);
+const held = [11, 12, 13].map(sample);
+let refOut: Float32Array[] | undefined;
+
+/** SQNR (dB) of a quantized attention model's output against the float model's, over the held-out samples. */
+async function heldOutSqnr(q: Model): Promise<number> {
+  if (!refOut) {
+    const ref = await Session.create(m);
+    refOut = [];
+    for (const f of held) refOut.push((await ref.run(f)).y.data as Float32Array);
+    await ref.release();
+  }
+  const s = await Session.create(q);
+  let sig2 = 0;
+  let noise = 0;
+  for (let i = 0; i < held.length; i++) {
+    const out = (await s.run(held[i])).y.data as Float32Array;
+    for (let j = 0; j < out.length; j++) {
+      sig2 += refOut[i][j] ** 2;
+      noise += (refOut[i][j] - out[j]) ** 2;
+    }
+  }
+  await s.release();
+  return 10 * Math.log10(sig2 / noise);
+}
+
 describe('softmax bias correction', () => {
   test('S08 table: mean Σp̂, corrected row sums and SQNR(P·V) before → after', () => {
     // keys, σ, mean Σp̂, SQNR before, SQNR after (research note S08, [C]).
@@ -97,13 +123,6 @@ describe('softmax bias correction', () => {
   });
 
   test('attention graph (2 heads, L=256) W8A8 with an 8-bit [0, 1] softmax: ≥ 5 dB better', async () => {
-    const calib = [1, 2, 3, 4].map(sample);
-    const held = [11, 12, 13].map(sample);
-    const ref = await Session.create(m);
-    const refOut: Float32Array[] = [];
-    for (const f of held) refOut.push((await ref.run(f)).y.data as Float32Array);
-    await ref.release();
-
     const quantize = async (correct: boolean) => {
       const model = build();
       const sim = new QuantSim(model, { target: getTarget('ort-cpu') });
@@ -120,18 +139,7 @@ describe('softmax bias correction', () => {
         ? await correctSoftmaxBias(sim, calib, makeRunner, { perHead: true })
         : { pass: '', changed: false, details: {} };
       sim.finalizeEncodings();
-      const s = await Session.create(exportQdq(sim).model);
-      let sig2 = 0;
-      let noise = 0;
-      for (let i = 0; i < held.length; i++) {
-        const out = (await s.run(held[i])).y.data as Float32Array;
-        for (let j = 0; j < out.length; j++) {
-          sig2 += refOut[i][j] ** 2;
-          noise += (refOut[i][j] - out[j]) ** 2;
-        }
-      }
-      await s.release();
-      return { db: 10 * Math.log10(sig2 / noise), rec };
+      return { db: await heldOutSqnr(exportQdq(sim).model), rec };
     };
     const plain = await quantize(false);
     const corrected = await quantize(true);
@@ -146,28 +154,9 @@ describe('softmax bias correction', () => {
   });
 
   test('quantizeModel with softmaxBias (qnnx quantize --softmax-bias): the pass runs after calibration', async () => {
-    const calib = [1, 2, 3, 4].map(sample);
-    const held = [11, 12, 13].map(sample);
-    const ref = await Session.create(build());
-    const refOut: Float32Array[] = [];
-    for (const f of held) refOut.push((await ref.run(f)).y.data as Float32Array);
-    await ref.release();
     const sqnr = async (softmaxBias: boolean) => {
-      const { model, report } = await quantizeModel(build(), calib, makeRunner, {
-        softmaxBias,
-      });
-      const s = await Session.create(model);
-      let sig2 = 0;
-      let noise = 0;
-      for (let i = 0; i < held.length; i++) {
-        const out = (await s.run(held[i])).y.data as Float32Array;
-        for (let j = 0; j < out.length; j++) {
-          sig2 += refOut[i][j] ** 2;
-          noise += (refOut[i][j] - out[j]) ** 2;
-        }
-      }
-      await s.release();
-      return { db: 10 * Math.log10(sig2 / noise), report };
+      const { model, report } = await quantizeModel(build(), calib, makeRunner, { softmaxBias });
+      return { db: await heldOutSqnr(model), report };
     };
     const plain = await sqnr(false);
     const corrected = await sqnr(true);
