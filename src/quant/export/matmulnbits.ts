@@ -38,7 +38,7 @@ import { AttributeType } from '../../onnx/proto.js';
 import { copyModelStructure } from '../../runtime/taps.js';
 import { type Encoding, encodingFromRange, groupRanges, scaleDimsFor } from '../encoding.js';
 import { dequantize, quantize } from '../quantizer.js';
-import { intRange, intScheme, type QuantScheme } from '../scheme.js';
+import { intRange, type QuantScheme } from '../scheme.js';
 import type { QuantSim } from '../sim/quantsim.js';
 import { matcher } from '../sim/quantsim.js';
 import {
@@ -162,11 +162,7 @@ export interface BlockQuantizedWeight {
 
 /** The scheme used for weight-only blocks: signed symmetric, or unsigned asymmetric. */
 export function weightOnlyScheme(bits: number, blockSize: number, symmetric: boolean): QuantScheme {
-  return intScheme(bits, {
-    signed: symmetric,
-    symmetry: symmetric ? 'symmetric' : 'asymmetric',
-    granularity: { kind: 'block', axis: 0, size: blockSize },
-  });
+  return weightScheme(bits, { kind: 'block', axis: 0, size: blockSize }, symmetric);
 }
 
 function checkBlockSize(bs: number): void {
