@@ -24,8 +24,8 @@
 import { QnnxError } from '../errors.js';
 import { AccuracyAccumulator, ErrorAccumulator, type Labels, tensorValues } from '../eval/metrics.js';
 import type { Model } from '../ir/model.js';
+import { cloneModel } from '../ir/model.js';
 import type { PassRecord } from '../ir/pass.js';
-import { upgradeOpset } from '../ir/passes/index.js';
 import { DataType } from '../onnx/dtype.js';
 import {
   type PtqTechniques,
@@ -36,7 +36,6 @@ import {
 import type { QuantSim } from '../quant/sim/quantsim.js';
 import { type Feeds, type Runner, Session } from '../runtime/session.js';
 import { isFetchableOutputType } from '../runtime/tensor-convert.js';
-import { cloneModel } from '../train/training-graph.js';
 import type { AdaRoundModelOptions } from './adaround.js';
 import type { EmpiricalBiasCorrectionOptions } from './bias-correction.js';
 import type { CleOptions } from './cle.js';
@@ -193,13 +192,6 @@ async function evaluate(
     await s.release();
   }
 }
-
-/**
- * The former name of the one PTQ pipeline, kept while bench/ptq-algos.ts moves to `quantizeModel`; same function.
- */
-export const quantizeWithPtq = quantizeModel;
-export type PtqQuantizeOptions = QuantizeOptions;
-export type PtqQuantizeReport = QuantizeReport;
 
 const TECHNIQUES: Record<AutoQuantStep, string[]> = {
   ptq: [],

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { openDataSource, readNpy } from '../../src/data/index.js';
 import { loadModel } from '../../src/io/model-file.js';
 import type { Model } from '../../src/ir/model.js';
-import { autoQuantize, defaultRunner, quantizeWithPtq } from '../../src/ptq/autoquant.js';
+import { autoQuantize, defaultRunner } from '../../src/ptq/autoquant.js';
+import { quantizeModel } from '../../src/quant/quantize.js';
 import { Session } from '../../src/runtime/session.js';
 import type { HostTensor } from '../../src/tensor.js';
 
@@ -161,10 +162,10 @@ describe('autoQuantize on Fashion-MNIST', () => {
     );
   });
 
-  test('quantizeWithPtq: CLE + analytic bias correction, passes in AIMET order, timings per phase', async () => {
+  test('quantizeModel: CLE + analytic bias correction, passes in AIMET order, timings per phase', async () => {
     const calib = await openDataSource(path.join(EX, 'calib'), { inputName: 'input', limit: 32 });
     const m = loadModel(MODEL);
-    const { model, report } = await quantizeWithPtq(m, calib, defaultRunner, {
+    const { model, report } = await quantizeModel(m, calib, defaultRunner, {
       preset: 'w4a8',
       cle: true,
       biasCorrection: 'analytic',
