@@ -53,7 +53,7 @@ import { type Feeds, Session } from '../src/runtime/session.js';
 import type { HostTensor } from '../src/tensor.js';
 import { Rng } from '../src/train/builder/prng.js';
 import { cloneModel } from '../src/train/training-graph.js';
-import { mulberry32, normalSampler } from '../test/quant/synthetic.js';
+import { attentionGraph, mulberry32, normalSampler } from '../test/quant/synthetic.js';
 import { clsInput, detInput, MODELS } from './assets/inputs.js';
 import { available, renderLine } from './assets/render.js';
 
@@ -384,33 +384,8 @@ async function softmax(): Promise<void> {
   const L = 256;
   const D = 64;
   const H = 2;
-  const dh = D / H;
-  const build = (): Model => {
-    const z = normalSampler(mulberry32(3));
-    const m = new Model();
-    m.setOpset('', 13);
-    const g = m.graph;
-    g.inputs.push(valueInfo('x', DataType.FLOAT, [1, L, D]));
-    g.outputs.push(valueInfo('y', DataType.FLOAT, [1, H, L, dh]));
-    const b = new GraphBuilder(g);
-    const sig = [1, 2];
-    const wq = Float32Array.from(
-      { length: D * D },
-      (_, i) => (sig[Math.floor((i % D) / dh)] * z()) / Math.sqrt(D),
-    );
-    const wk = Float32Array.from({ length: D * D }, () => z() / Math.sqrt(D));
-    const wv = Float32Array.from({ length: D * D }, () => (0.5 * z()) / Math.sqrt(D));
-    const heads = (t: string, perm: number[]) =>
-      b.op('Transpose', [b.op('Reshape', [t, b.int64s('shape', [4], [1, L, H, dh])])], { perm });
-    const q = heads(b.op('MatMul', ['x', b.floats('Wq', [D, D], wq)]), [0, 2, 1, 3]);
-    const k = heads(b.op('MatMul', ['x', b.floats('Wk', [D, D], wk)]), [0, 2, 3, 1]);
-    const vx = b.op('MatMul', ['x', b.floats('Wv', [D, D], wv)]);
-    const v = heads(b.op('Add', [vx, b.floats('bv', [D], Array(D).fill(1))]), [0, 2, 1, 3]);
-    const logits = b.op('Mul', [b.op('MatMul', [q, k]), b.floats('scale', [], [1 / Math.sqrt(dh)])]);
-    const p = b.op('Softmax', [logits], { axis: -1 }, 'softmax');
-    b.node('MatMul', [p, v], { outputs: ['y'], name: 'pv' });
-    return m;
-  };
+  const _dh = D / H;
+  const build = (): Model => attentionGraph(L, D, H);
   const sample = (seed: number): Feeds => ({ x: f32([1, L, D], gaussianRows(L, D, seed)) });
   const calib = [1, 2, 3, 4].map(sample);
   const held = [11, 12, 13].map(sample);

@@ -4,8 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { GraphBuilder, valueInfo } from '../../src/ir/builder.js';
-import { Model } from '../../src/ir/model.js';
+import type { Model } from '../../src/ir/model.js';
 import { DataType } from '../../src/onnx/dtype.js';
 import {
   correctSoftmaxBias,
@@ -19,7 +18,7 @@ import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
 import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import { type Feeds, Session } from '../../src/runtime/session.js';
-import { mulberry32, normalSampler } from '../quant/synthetic.js';
+import { attentionGraph, mulberry32, normalSampler } from '../quant/synthetic.js';
 
 const f32 = (dims: number[], data: Float32Array) => ({ dtype: DataType.FLOAT, dims, data });
 const makeRunner = (m: Model) => Session.create(m);
@@ -28,36 +27,8 @@ const makeRunner = (m: Model) => Session.create(m);
 const L = 256;
 const D = 64;
 const H = 2;
-const dh = D / H;
-const build = (): Model => {
-  const z = normalSampler(mulberry32(3));
-  const m = new Model();
-  m.setOpset('', 13);
-  const g = m.graph;
-  g.inputs.push(valueInfo('x', DataType.FLOAT, [1, L, D]));
-  g.outputs.push(valueInfo('y', DataType.FLOAT, [1, H, L, dh]));
-  const b = new GraphBuilder(g);
-  // Per-head logit scales σ = 1 and 2 (folded into Wq), V = x·Wv + 1.
-  const sig = [1, 2];
-  const wq = Float32Array.from(
-    { length: D * D },
-    (_, i) => (sig[Math.floor((i % D) / dh)] * z()) / Math.sqrt(D),
-  );
-  const wk = Float32Array.from({ length: D * D }, () => z() / Math.sqrt(D));
-  const wv = Float32Array.from({ length: D * D }, () => (0.5 * z()) / Math.sqrt(D));
-  const heads = (t: string, perm: number[]) => {
-    const r = b.op('Reshape', [t, b.int64s('shape', [4], [1, L, H, dh])]);
-    return b.op('Transpose', [r], { perm });
-  };
-  const q = heads(b.op('MatMul', ['x', b.floats('Wq', [D, D], wq)]), [0, 2, 1, 3]);
-  const k = heads(b.op('MatMul', ['x', b.floats('Wk', [D, D], wk)]), [0, 2, 3, 1]);
-  const vx = b.op('MatMul', ['x', b.floats('Wv', [D, D], wv)]);
-  const v = heads(b.op('Add', [vx, b.floats('bv', [D], Array(D).fill(1))]), [0, 2, 1, 3]);
-  const logits = b.op('Mul', [b.op('MatMul', [q, k]), b.floats('scale', [], [1 / Math.sqrt(dh)])]);
-  const p = b.op('Softmax', [logits], { axis: -1 }, 'softmax');
-  b.node('MatMul', [p, v], { outputs: ['y'], name: 'pv' });
-  return m;
-};
+const _dh = D / H;
+const build = (): Model => attentionGraph(L, D, H);
 const m = build();
 const sample = (seed: number): Feeds => {
   const zz = normalSampler(mulberry32(seed));

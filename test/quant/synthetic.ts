@@ -3,6 +3,9 @@
  * Box-Muller / inverse CDF; float32 output). The draws differ from the numpy ones behind the research numbers,
  * so results agree within sampling noise, not digit for digit.
  */
+import { GraphBuilder, valueInfo } from '../../src/ir/builder.js';
+import { Model } from '../../src/ir/model.js';
+import { DataType } from '../../src/onnx/dtype.js';
 import { mulberry32 } from '../helpers/ort.js';
 
 export { mulberry32 };
@@ -81,4 +84,39 @@ export function rowScaledWeights(
     for (let c = 0; c < cols; c++) base[r * cols + c] *= s;
   }
   return base;
+}
+
+/**
+ * The S08 attention test graph: one layer, `heads` heads over L keys of width D (input x [1, L, D], output y
+ * [1, H, L, D/H]); per-head logit scales σ = 1 and 2 folded into Wq, V = x·Wv + 1, seeded weights.
+ */
+export function attentionGraph(L: number, D: number, H: number): Model {
+  const dh = D / H;
+  const z = normalSampler(mulberry32(3));
+  const m = new Model();
+  m.setOpset('', 13);
+  const g = m.graph;
+  g.inputs.push(valueInfo('x', DataType.FLOAT, [1, L, D]));
+  g.outputs.push(valueInfo('y', DataType.FLOAT, [1, H, L, dh]));
+  const b = new GraphBuilder(g);
+  // Per-head logit scales σ = 1 and 2 (folded into Wq), V = x·Wv + 1.
+  const sig = [1, 2];
+  const wq = Float32Array.from(
+    { length: D * D },
+    (_, i) => (sig[Math.floor((i % D) / dh)] * z()) / Math.sqrt(D),
+  );
+  const wk = Float32Array.from({ length: D * D }, () => z() / Math.sqrt(D));
+  const wv = Float32Array.from({ length: D * D }, () => (0.5 * z()) / Math.sqrt(D));
+  const heads = (t: string, perm: number[]) => {
+    const r = b.op('Reshape', [t, b.int64s('shape', [4], [1, L, H, dh])]);
+    return b.op('Transpose', [r], { perm });
+  };
+  const q = heads(b.op('MatMul', ['x', b.floats('Wq', [D, D], wq)]), [0, 2, 1, 3]);
+  const k = heads(b.op('MatMul', ['x', b.floats('Wk', [D, D], wk)]), [0, 2, 3, 1]);
+  const vx = b.op('MatMul', ['x', b.floats('Wv', [D, D], wv)]);
+  const v = heads(b.op('Add', [vx, b.floats('bv', [D], Array(D).fill(1))]), [0, 2, 1, 3]);
+  const logits = b.op('Mul', [b.op('MatMul', [q, k]), b.floats('scale', [], [1 / Math.sqrt(dh)])]);
+  const p = b.op('Softmax', [logits], { axis: -1 }, 'softmax');
+  b.node('MatMul', [p, v], { outputs: ['y'], name: 'pv' });
+  return m;
 }
