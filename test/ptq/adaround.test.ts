@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { openDataSource, readNpy } from '../../src/data/index.js';
+import { openDataSource } from '../../src/data/index.js';
 import { loadModel } from '../../src/io/model-file.js';
 import { GraphBuilder, makeAttribute, valueInfo } from '../../src/ir/builder.js';
 import { Model } from '../../src/ir/model.js';
@@ -27,6 +27,7 @@ import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import { Session } from '../../src/runtime/session.js';
 import { Rng } from '../../src/train/builder/prng.js';
+import { accuracyPct } from './fashion.js';
 import { CALIB_LINES, EVAL_LINES, REC, recLines, recOutputs, recScore, recSkip } from './rec-lines.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -189,29 +190,6 @@ describe('AdaRound on one layer', () => {
     assert.deepEqual(Array.from(quantize(r.weight, [O, K], encoding)), Array.from(r.q));
   });
 });
-
-let testSet: Promise<{ x: Awaited<ReturnType<typeof readNpy>>; y: BigInt64Array }> | undefined;
-function testData() {
-  testSet ??= (async () => ({
-    x: await readNpy(path.join(EX, 'test-images.npy')),
-    y: (await readNpy(path.join(EX, 'test-labels.npy'))).data as BigInt64Array,
-  }))();
-  return testSet;
-}
-
-async function accuracyPct(model: Model): Promise<number> {
-  const { x, y } = await testData();
-  const s = await Session.create(model, { graphOptimizationLevel: 'all' });
-  const l = (await s.run({ input: x }, ['logits'])).logits.data as Float32Array;
-  await s.release();
-  let correct = 0;
-  for (let i = 0; i < y.length; i++) {
-    let best = 0;
-    for (let k = 1; k < 10; k++) if (l[i * 10 + k] > l[i * 10 + best]) best = k;
-    if (BigInt(best) === y[i]) correct++;
-  }
-  return (100 * correct) / y.length;
-}
 
 const makeRunner = (m: Model) => Session.create(m, { graphOptimizationLevel: 'all' });
 

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { openDataSource, readNpy } from '../../src/data/index.js';
+import { openDataSource } from '../../src/data/index.js';
 import { loadModel } from '../../src/io/model-file.js';
 import { GraphBuilder, valueInfo } from '../../src/ir/builder.js';
 import { Model } from '../../src/ir/model.js';
@@ -26,6 +26,7 @@ import { getTarget } from '../../src/quant/sim/targets.js';
 import { Session } from '../../src/runtime/session.js';
 import type { HostTensor } from '../../src/tensor.js';
 import { Rng } from '../../src/train/builder/prng.js';
+import { accuracyPct } from './fashion.js';
 import { CALIB_LINES, EVAL_LINES, REC, recLines, recOutputs, recScore, recSkip } from './rec-lines.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -136,21 +137,6 @@ describe('sequential MSE scoring', () => {
     assert.ok(r.layers[0].mseChosen < r.layers[0].mseMinMax);
   });
 });
-
-async function accuracyPct(model: Model): Promise<number> {
-  const x = await readNpy(path.join(EX, 'test-images.npy'));
-  const y = (await readNpy(path.join(EX, 'test-labels.npy'))).data as BigInt64Array;
-  const s = await Session.create(model, { graphOptimizationLevel: 'all' });
-  const l = (await s.run({ input: x }, ['logits'])).logits.data as Float32Array;
-  await s.release();
-  let correct = 0;
-  for (let i = 0; i < y.length; i++) {
-    let best = 0;
-    for (let k = 1; k < 10; k++) if (l[i * 10 + k] > l[i * 10 + best]) best = k;
-    if (BigInt(best) === y[i]) correct++;
-  }
-  return (100 * correct) / y.length;
-}
 
 describe('sequential MSE on the Fashion-MNIST CNN, W4A8', () => {
   test('every layer: output MSE below min/max; accuracy reported (nearest min/max: 90.7 %)', async () => {
