@@ -29,6 +29,14 @@ export {
   toLabelArray,
 } from './metrics.js';
 export {
+  measureNoiseGain,
+  type NoiseGainEntry,
+  type NoiseGainOptions,
+  type NoiseGainReport,
+  type NoiseSite,
+  noiseSites,
+} from './noise-gain.js';
+export {
   analyzeSensitivity,
   groupQuantizers,
   type LayerSensitivity,
