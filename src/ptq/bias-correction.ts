@@ -22,9 +22,10 @@
  */
 import { GraphBuilder } from '../ir/builder.js';
 import type { Graph, Node } from '../ir/graph.js';
-import type { Model } from '../ir/model.js';
+import { cloneModel, type Model } from '../ir/model.js';
 import type { PassRecord } from '../ir/pass.js';
 import { constantNodeTensor, tensorNumbers } from '../ir/passes/shape-inference.js';
+import { Tensor } from '../ir/tensor.js';
 import { encodingFromRange, groupRanges, scaleDimsFor } from '../quant/encoding.js';
 import { exportQdq } from '../quant/export/qdq.js';
 import { fakeQuantize } from '../quant/quantizer.js';
@@ -179,7 +180,11 @@ interface Target {
 }
 
 /** The layers of the sim's model whose weights have an enabled weight quantizer with an encoding. */
-function targets(sim: QuantSim, skipped: { node: string; reason: string }[]): Target[] {
+function targets(
+  sim: QuantSim,
+  skipped: { node: string; reason: string }[],
+  floatWeights?: ReadonlyMap<string, Float32Array>,
+): Target[] {
   const out: Target[] = [];
   for (const layer of weightedLayers(sim.model.graph)) {
     if (layer.kind === 'gemm' && layer.node.attrInt('transA', 0) !== 0) {
@@ -191,8 +196,13 @@ function targets(sim: QuantSim, skipped: { node: string; reason: string }[]): Ta
       skipped.push({ node: layerKey(layer.node), reason: 'weight not quantized' });
       continue;
     }
-    const w = layer.weight.data as Float32Array;
-    out.push({ layer, w, wq: fakeQuantize(w, layer.weight.dims, q.encoding) });
+    const current = layer.weight.data as Float32Array;
+    const w = floatWeights?.get(layer.weight.name) ?? current;
+    if (w.length !== current.length) {
+      skipped.push({ node: layerKey(layer.node), reason: 'float weight of another size' });
+      continue;
+    }
+    out.push({ layer, w, wq: fakeQuantize(current, layer.weight.dims, q.encoding) });
   }
   return out;
 }
@@ -319,6 +329,22 @@ export interface EmpiricalBiasCorrectionOptions {
   levelsPerStage?: number;
   /** Only correct layers for which this returns true (layerKey of the node). */
   filter?: (key: string, node: Node) => boolean;
+  /**
+   * The float weights by initializer name, when the sim's model already holds rounded weights (after AdaRound):
+   * they are the W of Δb, and the float model whose layer inputs give E[x] is the sim's model with them restored.
+   */
+  floatWeights?: ReadonlyMap<string, Float32Array>;
+}
+
+/** The sim's model with `floatWeights` restored (a copy), or the sim's model itself. */
+function floatModelOf(sim: QuantSim, floatWeights: ReadonlyMap<string, Float32Array> | undefined): Model {
+  if (!floatWeights?.size) return sim.model;
+  const m = cloneModel(sim.model);
+  for (const [name, w] of floatWeights) {
+    const t = m.graph.initializer(name);
+    if (t && t.size === w.length) m.graph.addInitializer(new Tensor(name, t.dtype, [...t.dims], w));
+  }
+  return m;
 }
 
 /** Finds the node of the exported model that corresponds to `n` of the float model. */
@@ -355,7 +381,9 @@ export async function correctBiasEmpirical(
   const skipped: { node: string; reason: string }[] = [];
   const ts = baseBiases(
     g,
-    targets(sim, skipped).filter((t) => options.filter?.(layerKey(t.layer.node), t.layer.node) ?? true),
+    targets(sim, skipped, options.floatWeights).filter(
+      (t) => options.filter?.(layerKey(t.layer.node), t.layer.node) ?? true,
+    ),
     skipped,
   );
   const mode = options.inputs ?? 'float';
@@ -363,7 +391,7 @@ export async function correctBiasEmpirical(
   const requests = ts.map((t) => meanRequest(t.layer, t.layer.node.inputs[0]));
   const data: Iterable<Feeds> | AsyncIterable<Feeds> =
     mode === 'quantized' && !Array.isArray(samples) ? await collect(samples) : samples;
-  const floatMeans = await channelMeans(sim.model, requests, data, makeRunner);
+  const floatMeans = await channelMeans(floatModelOf(sim, options.floatWeights), requests, data, makeRunner);
   if (mode === 'float') {
     const shifts = new Map<Target, Float64Array>();
     for (const t of ts) shifts.set(t, biasShift(t.layer, t.wq, t.w, floatMeans.get(t.layer.node.inputs[0])!));
@@ -450,6 +478,8 @@ export interface AnalyticBiasCorrectionOptions {
   /** Known E[x] per input channel, keyed by layerKey; takes precedence over bnStats. */
   inputMeans?: Map<string, ArrayLike<number>>;
   filter?: (key: string, node: Node) => boolean;
+  /** The float weights by initializer name, when the sim's model already holds rounded weights (AdaRound). */
+  floatWeights?: ReadonlyMap<string, Float32Array>;
 }
 
 function constScalar(g: Graph, name: string | undefined): number | undefined {
@@ -470,7 +500,9 @@ export function correctBiasAnalytic(sim: QuantSim, options: AnalyticBiasCorrecti
   const skipped: { node: string; reason: string }[] = [];
   const ts = baseBiases(
     g,
-    targets(sim, skipped).filter((t) => options.filter?.(layerKey(t.layer.node), t.layer.node) ?? true),
+    targets(sim, skipped, options.floatWeights).filter(
+      (t) => options.filter?.(layerKey(t.layer.node), t.layer.node) ?? true,
+    ),
     skipped,
   );
   const producers = g.producers();

@@ -84,8 +84,8 @@ export interface PtqTechniques {
   /**
    * Bias correction for weight quantization: 'empirical' (float layer-input means over the samples) or 'analytic'
    * (from BatchNorm statistics, data-free; layers without statistics are left alone), or the empirical options
-   * (`inputs: 'quantized'` measures the quantized model's inputs after calibration). AIMET applies it only when
-   * AdaRound is not used.
+   * (`inputs: 'quantized'` measures the quantized model's inputs after calibration). After AdaRound it corrects
+   * the shift of the learned rounding (W − W̃)·E[x], with the float weights kept aside before AdaRound.
    */
   biasCorrection?: false | 'empirical' | 'analytic' | EmpiricalBiasCorrectionOptions;
   /** Softmax bias correction (research S08) of softmax outputs feeding MatMuls, after calibration. */
@@ -309,6 +309,15 @@ export async function quantizeModel(
     lap('seqMse');
   }
   const ada = opt(options.adaround);
+  // AdaRound writes its rounded weights into the model: bias correction after it needs the float weights.
+  let floatWeights: Map<string, Float32Array> | undefined;
+  if (ada && bc) {
+    floatWeights = new Map();
+    for (const q of sim.quantizers.values()) {
+      const t = q.kind === 'weight' ? model.graph.initializer(q.tensor) : undefined;
+      if (t) floatWeights.set(q.tensor, Float32Array.from(t.data as Float32Array));
+    }
+  }
   if (ada) {
     const r = await adaround(sim, samples, makeRunner, ada);
     passes.push(
@@ -323,9 +332,9 @@ export async function quantizeModel(
     lap('adaround');
   }
   const bcOptions: EmpiricalBiasCorrectionOptions | undefined =
-    bc === 'empirical' ? {} : typeof bc === 'object' ? bc : undefined;
+    bc === 'empirical' ? { floatWeights } : typeof bc === 'object' ? { floatWeights, ...bc } : undefined;
   if (bc === 'analytic') {
-    passes.push(correctBiasAnalytic(sim, { bnStats }));
+    passes.push(correctBiasAnalytic(sim, { bnStats, floatWeights }));
     lap('biasCorrection');
   } else if (bcOptions && bcOptions.inputs !== 'quantized') {
     passes.push(await correctBiasEmpirical(sim, samples, makeRunner, bcOptions));

@@ -19,7 +19,7 @@ import { adaround, adaroundLayer, type LayerProblem } from '../../src/ptq/adarou
 import { parseRangeMethod } from '../../src/quant/analyzers/index.js';
 import { encodingFromRange, groupRanges, scaleDimsFor } from '../../src/quant/encoding.js';
 import { exportQdq, requiredOpset } from '../../src/quant/export/qdq.js';
-import { buildSim, prepareModel } from '../../src/quant/quantize.js';
+import { buildSim, prepareModel, quantizeModel } from '../../src/quant/quantize.js';
 import { quantize } from '../../src/quant/quantizer.js';
 import { type Granularity, intScheme } from '../../src/quant/scheme.js';
 import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
@@ -214,6 +214,60 @@ async function w4a8(withAdaRound: boolean) {
   sim.finalizeEncodings();
   return { sim, report, calibSeconds, exported: exportQdq(sim).model };
 }
+
+describe('quantizeModel: bias correction after AdaRound', () => {
+  test('corrects (W − W̃)·E[x] with the float weights kept aside (it used to find nothing to correct)', async () => {
+    const calib = await openDataSource(path.join(EX, 'calib'), { inputName: 'input', limit: 64 });
+    const ada = { iterations: 60, learningRate: 1e-2 };
+    const run = (options: Parameters<typeof quantizeModel>[3]) =>
+      quantizeModel(loadModel(path.join(EX, 'model.onnx')), calib, makeRunner, {
+        preset: 'w4a8',
+        ...options,
+      });
+    const plain = await run({});
+    const rounded = await run({ adaround: ada });
+    const corrected = await run({ adaround: ada, biasCorrection: 'empirical' });
+    const bc = corrected.report.passes.find((p) => p.pass === 'bias-correction')!;
+    assert.equal(bc.details.corrected, 4);
+    const layers = bc.details.layers as { node: string; maxShift: number }[];
+    for (const l of layers) assert.ok(l.maxShift > 0, `${l.node}: shift ${l.maxShift}`);
+    // The first Conv reads the image (one channel): its correction is Σ_k (W − W̃)[o, k] · mean(x).
+    const conv = plain.sim.model.graph.nodes.find((n) => n.opType === 'Conv')!;
+    const w = plain.sim.model.graph.initializer(conv.inputs[1]!)!;
+    const wt = corrected.sim.model.graph.initializer(conv.inputs[1]!)!.data as Float32Array;
+    // AdaRound is seeded: the same W̃ with and without bias correction
+    assert.deepEqual(
+      Array.from(wt),
+      Array.from(rounded.sim.model.graph.initializer(conv.inputs[1]!)!.data as Float32Array),
+    );
+    let sum = 0;
+    let n = 0;
+    for await (const f of calib) {
+      const x = f.get('input')!.data as Float32Array;
+      for (const v of x) sum += v;
+      n += x.length;
+    }
+    const mean = sum / n;
+    const b0 = rounded.sim.model.graph.initializer(conv.inputs[2]!)!.data as Float32Array;
+    const b1 = corrected.sim.model.graph.initializer(conv.inputs[2]!)!.data as Float32Array;
+    const O = w.dims[0]!;
+    const per = w.size / O;
+    const wf = w.data as Float32Array;
+    for (let o = 0; o < O; o++) {
+      let d = 0;
+      for (let k = 0; k < per; k++) d += wf[o * per + k]! - wt[o * per + k]!;
+      const want = d * mean;
+      assert.ok(
+        Math.abs(b1[o]! - b0[o]! - want) < 1e-5 + 1e-3 * Math.abs(want),
+        `channel ${o}: ${b1[o]! - b0[o]!} vs ${want}`,
+      );
+    }
+    console.log(
+      `W4A8 FMNIST, AdaRound (60 iterations, 64 images): ${await accuracyPct(rounded.model)} %, ` +
+        `+ bias correction ${await accuracyPct(corrected.model)} % (float ${FLOAT_ACC} %)`,
+    );
+  });
+});
 
 describe('AdaRound on the Fashion-MNIST CNN, W4A8 (int4 per-channel weights, uint8 activations)', () => {
   test('accuracy within 1 point of float (nearest rounding: reported); the file holds the AdaRounded integers', async () => {
