@@ -1,9 +1,9 @@
 /** `qnnx quantize <in.onnx> -o <out.onnx> --calib <dir|glob> [--preset ...] ...` */
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
-import { openDataSource, readNpy } from '../data/index.js';
+import { type DataSource, openDataSource, readNpy } from '../data/index.js';
 import { isQnnxError, QnnxError } from '../errors.js';
-import type { Labels } from '../eval/index.js';
+import { compareModels, type Labels, measureNoiseGain, type NoiseGainReport } from '../eval/index.js';
 import { loadModel, saveModel } from '../io/model-file.js';
 import type { Model } from '../ir/model.js';
 import { autoQuantize } from '../ptq/autoquant.js';
@@ -41,6 +41,7 @@ interface QuantizeCliOptions {
   targetSqnr?: string;
   fallback?: string;
   maxFallbacks?: string;
+  noiseGain?: boolean;
   auto?: boolean;
   allowedDrop?: string;
   evalData?: string;
@@ -119,6 +120,10 @@ export function registerQuantize(
       'float',
     )
     .option('--max-fallbacks <n>', 'with --target-sqnr: most quantizer groups to fall back', '16')
+    .option(
+      '--noise-gain',
+      'also measure what the model can reach: the per-quantizer SQNR an output SQNR of --target-sqnr (default 30 dB) needs',
+    )
     .option(
       '--auto',
       'AutoQuant: plain PTQ, then + CLE, then + AdaRound; stop at the first within --allowed-drop',
@@ -223,7 +228,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   try {
     // ORT's memory arena stays on: calibration with it is about 2x faster (bench/calibration-cost.ts); it keeps
     // its peak, which stays flat over samples of one shape.
-    const makeRunner = (m: Model) => Session.create(m, { graphOptimizationLevel: 'all', name: file });
+    const makeRunner = makeRunnerFor(file);
     if (opts.auto) {
       if (!opts.evalData) throw new QnnxError('E_USAGE', '--auto needs --eval-data');
       const allowedDrop = Number(opts.allowedDrop ?? 1);
@@ -255,6 +260,11 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     progress.stop();
   }
   const saved = saveModel(result.model, opts.output, { externalData: 'keep' });
+  const check = await outputSqnr(file, result.model, data);
+  const targetDb = options.mixedPrecision?.targetSqnrDb ?? 30;
+  const gain = opts.noiseGain
+    ? await noiseGain(file, result.sim, data, options, makeRunnerFor(file), check, targetDb)
+    : undefined;
   const seconds = (performance.now() - t0) / 1000;
   const r = result.report;
   const summary = {
@@ -264,6 +274,8 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     bytesAfter: saved.bytes + saved.externalBytes,
     ...r,
     ...(autoSteps ? { autoQuant: autoSteps } : {}),
+    sqnr: check,
+    ...(gain ? { noiseGain: gain } : {}),
     seconds,
   };
   if (opts.json) {
@@ -320,11 +332,129 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
               ],
             ]
           : []),
+        [
+          'output SQNR',
+          `${Object.entries(check.outputs)
+            .slice(0, 3)
+            .map(([k, v]) => `${fmtDb(v)} dB${Object.keys(check.outputs).length > 1 ? ` (${k})` : ''}`)
+            .join(', ')} on ${check.samples} calibration sample${check.samples === 1 ? '' : 's'}`,
+        ],
+        ...(gain
+          ? [
+              [
+                'noise gain',
+                `${fmtDb(gain.gainDb)} dB (${gain.levelDb} dB noise on every quantized tensor -> ` +
+                  `${fmtDb(gain.outputSqnrDb)} dB at the output)`,
+              ],
+              [
+                `needed for ${gain.targetDb} dB`,
+                `${fmtDb(gain.neededDb.weights)} dB per weight, ${fmtDb(gain.neededDb.activations)} dB per ` +
+                  `activation, ${fmtDb(gain.neededDb.all)} dB for all; these quantizers are worth ` +
+                  `${fmtDb(gain.worthDb)} dB`,
+              ],
+            ]
+          : []),
         ['time', `${seconds.toFixed(2)} s`],
       ],
       ['l', 'l'],
     )}\n`,
   );
+}
+
+function makeRunnerFor(file: string) {
+  return (m: Model) => Session.create(m, { graphOptimizationLevel: 'all', name: file });
+}
+
+const fmtDb = (v: number | undefined) =>
+  v === undefined ? '?' : Number.isFinite(v) ? v.toFixed(1) : v > 0 ? 'inf' : String(v);
+
+/** Calibration samples the summary's output SQNR and the noise-gain analysis run on. */
+const CHECK_SAMPLES = 8;
+
+/** Output SQNR of the written model against the float file, on the first calibration samples (in-sample). */
+async function outputSqnr(
+  file: string,
+  quantized: Model,
+  data: DataSource,
+): Promise<{ samples: number; outputs: Record<string, number> }> {
+  const reference = await Session.create(loadModel(file), { name: file });
+  try {
+    const candidate = await Session.create(quantized, { name: 'the quantized model' });
+    try {
+      const c = await compareModels(reference, candidate, data, { limit: CHECK_SAMPLES, warmup: 0 });
+      return {
+        samples: c.samples,
+        outputs: Object.fromEntries(Object.entries(c.outputs).map(([k, v]) => [k, v.sqnrDb])),
+      };
+    } finally {
+      await candidate.release();
+    }
+  } finally {
+    await reference.release();
+  }
+}
+
+interface NoiseGainSummary {
+  levelDb: number;
+  targetDb: number;
+  samples: number;
+  outputName: string;
+  outputSqnrDb: number;
+  gainDb: number;
+  neededDb: { weights?: number; activations?: number; all?: number };
+  /** The written model's output SQNR plus the gain: what its quantizers are worth on the noise scale. */
+  worthDb?: number;
+  entries: NoiseGainReport['entries'];
+}
+
+/**
+ * --noise-gain: measureNoiseGain at the written model's quantizer positions. Techniques that change the float
+ * model's weights or biases (CLE, bias correction, AdaRound, softmax bias) leave the sim's model no longer float,
+ * so a plain run of the same placement (and the same fallbacks) provides the float model.
+ */
+async function noiseGain(
+  file: string,
+  sim: Awaited<ReturnType<typeof quantizeModel>>['sim'],
+  data: DataSource,
+  options: QuantizeOptions,
+  makeRunner: ReturnType<typeof makeRunnerFor>,
+  check: { outputs: Record<string, number> },
+  targetDb: number,
+): Promise<NoiseGainSummary> {
+  let gainSim = sim;
+  if (options.cle || options.biasCorrection || options.adaround || options.softmaxBias) {
+    const {
+      cle: _c,
+      biasCorrection: _b,
+      adaround: _a,
+      softmaxBias: _s,
+      seqMse: _q,
+      mixedPrecision: _m,
+      onProgress: _p,
+      ...plain
+    } = options;
+    gainSim = (await quantizeModel(loadModel(file), data, makeRunner, plain, data.size)).sim;
+    for (const [k, q] of gainSim.quantizers) q.enabled = sim.quantizers.get(k)?.enabled ?? q.enabled;
+  }
+  const r = await measureNoiseGain(gainSim, data, { maxSamples: CHECK_SAMPLES, targetDb });
+  const by = (site: string) => r.entries.find((e) => e.site === site);
+  const all = by('all') ?? r.entries[0]!;
+  const written = check.outputs[r.outputName];
+  return {
+    levelDb: r.levelDb,
+    targetDb,
+    samples: r.samples,
+    outputName: r.outputName,
+    outputSqnrDb: all.outputSqnrDb,
+    gainDb: all.gainDb,
+    neededDb: {
+      weights: by('weights')?.levelForTargetDb,
+      activations: by('activations')?.levelForTargetDb,
+      all: by('all')?.levelForTargetDb,
+    },
+    ...(written === undefined ? {} : { worthDb: written + all.gainDb }),
+    entries: r.entries,
+  };
 }
 
 /** --target-sqnr, --fallback and --max-fallbacks as mixed-precision options (undefined without --target-sqnr). */

@@ -102,6 +102,9 @@ describe('qnnx quantize: success', () => {
     assert.match(r.stdout, /^quantizers +4 weights, 4 biases, 5 activations \(\+3 shared\), 0 constants$/m);
     assert.match(r.stdout, /^size +[\d.]+ KiB -> [\d.]+ KiB \(2\d\.\d%\)$/m);
     assert.match(r.stdout, /^opset +13 -> 13$/m);
+    // the written model against the float file, on the first 8 calibration samples
+    const db = Number(/^output SQNR +([\d.]+) dB on 8 calibration samples$/m.exec(r.stdout)?.[1]);
+    assert.ok(db > 30 && db < 60, r.stdout);
     assert.ok(fs.existsSync(r.out));
     assert.deepEqual(fs.readdirSync(r.dir), ['model.q.onnx'], 'only the output file');
     assert.ok(fs.statSync(r.out).size < 0.3 * fs.statSync(MODEL).size);
@@ -123,7 +126,51 @@ describe('qnnx quantize: success', () => {
     assert.equal(j.quantizers.weights, 4);
     assert.equal(j.bytesAfter, fs.statSync(r.out).size);
     assert.ok(j.bytesAfter < 0.3 * j.bytesBefore);
+    assert.equal(j.sqnr.samples, 8);
+    assert.ok(j.sqnr.outputs.logits > 25, JSON.stringify(j.sqnr));
+    assert.equal(j.noiseGain, undefined);
     assert.deepEqual(fs.readdirSync(r.dir), ['model.q.onnx']);
+  });
+});
+
+describe('qnnx quantize --noise-gain', () => {
+  test('reports the gain, the per-quantizer SQNR a 30 dB output needs, and what the quantizers are worth', () => {
+    const r = quantize([MODEL, '--calib', CALIB, '--samples', '32', '--noise-gain', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    const g = j.noiseGain;
+    assert.equal(g.levelDb, 40);
+    assert.equal(g.targetDb, 30);
+    assert.equal(g.samples, 8);
+    assert.equal(g.outputName, 'logits');
+    assert.deepEqual(
+      g.entries.map((e: { site: string; tensors: number }) => [e.site, e.tensors]),
+      [
+        ['weights', 4],
+        ['activations', 5],
+        ['all', 9],
+      ],
+    );
+    // a small CNN: a few dB of gain, so int8 (worth ~45 dB here) clears 30 dB with room to spare
+    assert.ok(g.gainDb > 0 && g.gainDb < 15, `gain ${g.gainDb}`);
+    assert.ok(Math.abs(g.gainDb - (40 - g.outputSqnrDb)) < 1e-9);
+    assert.ok(g.neededDb.all > 30 && g.neededDb.all < 45, JSON.stringify(g.neededDb));
+    assert.ok(Math.abs(g.worthDb - (j.sqnr.outputs.logits + g.gainDb)) < 1e-9);
+    assert.ok(g.worthDb > g.neededDb.all, `worth ${g.worthDb} vs needed ${g.neededDb.all}`);
+  });
+
+  test('with bias correction the float model comes from a plain run: the same gain as without', () => {
+    const plain = JSON.parse(
+      quantize([MODEL, '--calib', CALIB, '--samples', '32', '--noise-gain', '--json']).stdout,
+    );
+    const r = quantize([MODEL, '--calib', CALIB, '--samples', '32', '--noise-gain', '--bias-correction']);
+    assert.equal(r.status, 0, r.stderr);
+    const gain = Number(/^noise gain +([\d.]+) dB/m.exec(r.stdout)?.[1]);
+    assert.ok(Math.abs(gain - plain.noiseGain.gainDb) < 0.051, `${gain} vs ${plain.noiseGain.gainDb}`);
+    assert.match(
+      r.stdout,
+      /^needed for 30 dB +[\d.]+ dB per weight, [\d.]+ dB per activation, [\d.]+ dB for all; these quantizers are worth [\d.]+ dB$/m,
+    );
   });
 });
 
