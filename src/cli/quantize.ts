@@ -90,9 +90,9 @@ export function registerQuantize(
     .option('--include <nodes>', 'quantize only these nodes / op types / /regex/', collect)
     .option('--samples <n>', 'use at most n calibration samples')
     .option(
-      '--calib-batch <n>',
-      'calibration samples per ONNX Runtime run (minmax, dynamic batch axis; same encodings, less overhead)',
-      '1',
+      '--calib-batch <n|auto>',
+      "calibration samples per ONNX Runtime run (minmax, dynamic batch axis; same encodings, less overhead); auto: up to 16 while a run's inputs stay within 1 MiB",
+      'auto',
     )
     .option('--input-name <name>', 'model input the .npy samples feed (default: the first input)')
     .option(
@@ -189,9 +189,12 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
   if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) {
     throw new QnnxError('E_USAGE', `--samples must be a positive integer, got '${opts.samples}'`);
   }
-  const calibBatch = Number(opts.calibBatch ?? 1);
-  if (!Number.isInteger(calibBatch) || calibBatch < 1) {
-    throw new QnnxError('E_USAGE', `--calib-batch must be a positive integer, got '${opts.calibBatch}'`);
+  const calibBatch = (opts.calibBatch ?? 'auto') === 'auto' ? 'auto' : Number(opts.calibBatch);
+  if (calibBatch !== 'auto' && (!Number.isInteger(calibBatch) || calibBatch < 1)) {
+    throw new QnnxError(
+      'E_USAGE',
+      `--calib-batch must be a positive integer or auto, got '${opts.calibBatch}'`,
+    );
   }
   if (opts.activations === 'fp8' || opts.weights === 'fp8') {
     throw new QnnxError('E_USAGE', 'use --preset fp8 for float8 quantization');
@@ -586,7 +589,7 @@ function biasCorrectionKind(v: string | boolean | undefined): QuantizeOptions['b
 }
 
 /** ", batch N" (with the reason when batching was asked for and not used); nothing at the default batch 1. */
-function batchNote(b: { batchSize: number; reason?: string } | undefined): string {
-  if (!b || (b.batchSize === 1 && !b.reason)) return '';
-  return `, batch ${b.batchSize}${b.reason ? `: ${b.reason}` : ''}`;
+function batchNote(b: { batchSize: number; reason?: string; auto?: true } | undefined): string {
+  if (!b || (b.batchSize === 1 && (!b.reason || b.auto))) return '';
+  return `, batch ${b.batchSize}${b.auto ? ' (auto)' : ''}${b.reason ? `: ${b.reason}` : ''}`;
 }

@@ -119,11 +119,12 @@ export interface QuantizeOptions extends PtqTechniques {
   /** Graph rewrites (research part C); defaults in RewriteOptions. */
   rewrites?: RewriteOptions;
   /**
-   * Calibration samples per ONNX Runtime run (default 1). Min/max calibration of models with a dynamic batch axis
-   * stacks consecutive same-shape samples (bit-identical encodings, less per-run overhead); other range methods
-   * and fixed-batch models run one sample at a time (`report.calibration.batch` says which, and why).
+   * Calibration samples per ONNX Runtime run, or 'auto' (default): as many as keep a run's inputs within 1 MiB,
+   * at most 16 (AUTO_BATCH). Min/max calibration of models with a dynamic batch axis stacks consecutive
+   * same-shape samples (bit-identical encodings, less per-run overhead); other range methods and fixed-batch
+   * models run one sample at a time (`report.calibration.batch` says which, and why).
    */
-  calibrationBatch?: number;
+  calibrationBatch?: number | 'auto';
   onProgress?: (done: number, total: number | undefined) => void;
 }
 
@@ -355,7 +356,7 @@ export async function quantizeModel(
         {
           method,
           onProgress: options.onProgress,
-          batchSize: options.calibrationBatch,
+          batchSize: options.calibrationBatch ?? 'auto',
           onBatching: (b) => {
             batching = b;
           },

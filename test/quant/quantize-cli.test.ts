@@ -98,7 +98,8 @@ describe('qnnx quantize: success', () => {
     const r = quantize([MODEL, '--calib', CALIB, '--samples', '16']);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^preset \/ target +w8a8 \/ ort-cpu$/m);
-    assert.match(r.stdout, /^calibration +16 samples, minmax, [\d.]+ s \(reduce\)$/m);
+    // 16 samples of 3 KiB: one run of 16 (--calib-batch auto)
+    assert.match(r.stdout, /^calibration +16 samples, minmax, [\d.]+ s \(reduce, batch 16 \(auto\)\)$/m);
     assert.match(r.stdout, /^quantizers +4 weights, 4 biases, 5 activations \(\+3 shared\), 0 constants$/m);
     assert.match(r.stdout, /^size +[\d.]+ KiB -> [\d.]+ KiB \(2\d\.\d%\)$/m);
     assert.match(r.stdout, /^opset +13 -> 13$/m);
@@ -176,7 +177,13 @@ describe('qnnx quantize --noise-gain', () => {
 
 describe('qnnx quantize --calib-batch', () => {
   test('batches of 16 samples per run write the same model as one sample per run', () => {
-    const one = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--json']);
+    const one = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--calib-batch', '1', '--json']);
+    const auto = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--json']);
+    assert.deepEqual(JSON.parse(auto.stdout).calibration.batch, { batchSize: 16, auto: true });
+    assert.ok(
+      Buffer.compare(fs.readFileSync(one.out), fs.readFileSync(auto.out)) === 0,
+      'auto: identical file',
+    );
     const many = quantize([MODEL, '--calib', CALIB, '--samples', '40', '--calib-batch', '16', '--json']);
     assert.equal(many.status, 0, many.stderr);
     assert.deepEqual(JSON.parse(many.stdout).calibration.batch, { batchSize: 16 });
@@ -186,6 +193,7 @@ describe('qnnx quantize --calib-batch', () => {
 
   test('a batch size that is not a positive integer is refused', () => {
     assertRefused(quantize([MODEL, '--calib', CALIB, '--calib-batch', '0']), /--calib-batch.*'0'/, 2);
+    assertRefused(quantize([MODEL, '--calib', CALIB, '--calib-batch', 'many']), /--calib-batch.*'many'/, 2);
   });
 });
 

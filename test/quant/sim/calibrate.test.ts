@@ -21,6 +21,7 @@ import { requiredOpset } from '../../../src/quant/export/qdq.js';
 import { buildSim, prepareModel } from '../../../src/quant/quantize.js';
 import type { QuantScheme } from '../../../src/quant/scheme.js';
 import {
+  AUTO_BATCH,
   type CalibrationBatching,
   type CalibrationPlanOptions,
   calibrate,
@@ -303,7 +304,7 @@ async function calibrateBatched(
   makeSim: () => QuantSim,
   samples: Feeds[],
   method: RangeMethod,
-  batchSize: number | undefined,
+  batchSize: number | 'auto' | undefined,
   extra: { forceTaps?: boolean; limit?: number } = {},
 ): Promise<BatchedRun> {
   const sim = makeSim();
@@ -366,6 +367,39 @@ describe('batched calibration', () => {
     const limited = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 4, { limit: 10 });
     assert.equal(limited.used, 10);
     assert.deepEqual(limited.rows, [4, 4, 2]);
+  });
+
+  test("batchSize 'auto': up to 16 samples while a run's inputs stay within 1 MiB, sized on the first sample", async () => {
+    assert.deepEqual(AUTO_BATCH, { samples: 16, inputBytes: 1 << 20 });
+    const samples = await fashionSamples();
+    const one = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 1);
+    const auto = await calibrateBatched(fashionSim, samples, { kind: 'minmax' }, 'auto');
+    assertSameEncodings(one.encodings, auto.encodings, 'auto vs batch 1');
+    // 3 KiB images: the 16-sample cap
+    assert.deepEqual(auto.rows, new Array(16).fill(16));
+    assert.deepEqual(auto.batching, [{ batchSize: 16, auto: true }]);
+    const { model, calibrated } = chainModel(['N', 4, 'H', 'W']);
+    const makeSim = () => chainSim(model, calibrated, UINT8);
+    // 4×128×128 floats = 256 KiB a sample: 4 per run
+    const mid = await calibrateBatched(makeSim, chainSamples(6, 5, 128), { kind: 'minmax' }, 'auto');
+    assert.deepEqual(mid.rows, [4, 2]);
+    assert.deepEqual(mid.batching, [{ batchSize: 4, auto: true }]);
+    // 1 MiB a sample: one per run, and why
+    const big = await calibrateBatched(makeSim, chainSamples(2, 5, 256), { kind: 'minmax' }, 'auto');
+    assert.deepEqual(big.rows, [1, 1]);
+    assert.equal(big.batching.length, 1);
+    assert.equal(big.batching[0]!.batchSize, 1);
+    assert.equal(big.batching[0]!.auto, true);
+    assert.match(big.batching[0]!.reason ?? '', /automatic: a sample's inputs are 1024 KiB/);
+    // a method that cannot batch: batch 1 with its own reason
+    const pct = await calibrateBatched(
+      fashionSim,
+      samples.slice(0, 8),
+      { kind: 'percentile', percentile: 99 },
+      'auto',
+    );
+    assert.deepEqual(pct.rows, new Array(8).fill(1));
+    assert.match(pct.batching[0]!.reason ?? '', /percentile/);
   });
 
   test('moving-average and histogram methods run at batch 1 and say why', async () => {
