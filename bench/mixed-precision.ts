@@ -27,6 +27,7 @@ import { quantizeModel } from '../src/quant/quantize.js';
 import { compactQdq } from '../src/quant/rewrites/compact.js';
 import type { QuantSim } from '../src/quant/sim/quantsim.js';
 import { type Feeds, Session } from '../src/runtime/session.js';
+import { arg, flag, want } from './assets/args.js';
 import {
   clsInput,
   detInput,
@@ -39,21 +40,13 @@ import {
 } from './assets/inputs.js';
 import { available, SENTENCES, VOICES } from './assets/render.js';
 
-const argv = process.argv.slice(2);
-const arg = (name: string): string | undefined => {
-  const i = argv.findIndex((a) => a === name || a.startsWith(`${name}=`));
-  if (i < 0) return undefined;
-  return argv[i]!.includes('=') ? argv[i]!.split('=')[1] : argv[i + 1];
-};
-const quick = argv.includes('--quick');
-const only = arg('--only') ? new Set(arg('--only')!.split(',')) : undefined;
-const want = (s: string) => !only || only.has(s);
+const quick = flag('--quick');
 const targetDb = Number(arg('--target') ?? 30);
 const fallback = (arg('--fallback') ?? 'float') as FallbackKind;
 const latencyWeight = Number(arg('--latency-weight') ?? 0);
 const top = Number(arg('--top') ?? 8);
-const measureLatency = !argv.includes('--no-latency');
-const withWeights = argv.includes('--weights');
+const measureLatency = !flag('--no-latency');
+const withWeights = flag('--weights');
 
 const tools = available();
 if (!tools.images || !tools.speech) {

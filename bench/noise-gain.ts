@@ -27,6 +27,7 @@ import { loadModel } from '../src/io/model-file.js';
 import { defaultRunner } from '../src/ptq/autoquant.js';
 import { quantizeModel } from '../src/quant/quantize.js';
 import { type Feeds, Session } from '../src/runtime/session.js';
+import { arg, want } from './assets/args.js';
 import {
   clsInput,
   detInput,
@@ -39,14 +40,6 @@ import {
 } from './assets/inputs.js';
 import { available, SENTENCES, VOICES } from './assets/render.js';
 
-const argv = process.argv.slice(2);
-const arg = (name: string): string | undefined => {
-  const i = argv.findIndex((a) => a === name || a.startsWith(`${name}=`));
-  if (i < 0) return undefined;
-  return argv[i]!.includes('=') ? argv[i]!.split('=')[1] : argv[i + 1];
-};
-const only = arg('--only') ? new Set(arg('--only')!.split(',')) : undefined;
-const want = (s: string) => !only || only.has(s);
 const levelDb = Number(arg('--level') ?? 40);
 const targetDb = Number(arg('--target') ?? 30);
 

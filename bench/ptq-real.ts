@@ -32,6 +32,7 @@ import { QuantSim } from '../src/quant/sim/quantsim.js';
 import { getTarget } from '../src/quant/sim/targets.js';
 import { type Feeds, Session } from '../src/runtime/session.js';
 import type { HostTensor } from '../src/tensor.js';
+import { flag, want } from './assets/args.js';
 import {
   clsInput,
   detInput,
@@ -50,13 +51,7 @@ import {
 import { alternatingLatency } from './assets/latency.js';
 import { available, SENTENCES, VOICES } from './assets/render.js';
 
-const argv = process.argv.slice(2);
-const quick = argv.includes('--quick');
-const onlyArg = argv.find((a) => a.startsWith('--only'));
-const only = onlyArg
-  ? new Set((onlyArg.split('=')[1] ?? argv[argv.indexOf(onlyArg) + 1] ?? '').split(','))
-  : undefined;
-const want = (s: string) => !only || only.has(s);
+const quick = flag('--quick');
 const OUT = path.join(os.tmpdir(), 'qnnx-ptq-real');
 fs.mkdirSync(OUT, { recursive: true });
 

@@ -32,6 +32,17 @@ import {
 /** Samples: any (async) iterable of feeds; a `size` (DataSource) or `length` (array) gives progress totals. */
 export type Samples = AsyncIterable<Feeds> | Iterable<Feeds>;
 
+/** The first `max` samples, held in memory (analyses that run them many times). */
+export async function firstSamples(samples: Samples, max: number): Promise<Feeds[]> {
+  const out: Feeds[] = [];
+  if (max <= 0) return out;
+  for await (const s of samples as AsyncIterable<Feeds>) {
+    out.push(s);
+    if (out.length >= max) break;
+  }
+  return out;
+}
+
 export interface EvaluateOptions {
   /** One integer class per row of the score output (see metrics.ts), in sample order. */
   labels?: Labels;

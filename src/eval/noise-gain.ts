@@ -24,9 +24,9 @@ import { Tensor } from '../ir/tensor.js';
 import { exportQdq } from '../quant/export/qdq.js';
 import type { QuantSim } from '../quant/sim/quantsim.js';
 import { mulberry32 } from '../random.js';
-import { type Feeds, Session, type SessionOptions } from '../runtime/session.js';
+import { Session, type SessionOptions } from '../runtime/session.js';
 import type { HostTensor } from '../tensor.js';
-import type { Samples } from './compare.js';
+import { firstSamples, type Samples } from './compare.js';
 import { ErrorAccumulator, sameDims, tensorValues } from './metrics.js';
 
 export type NoiseSite = 'weights' | 'activations' | 'all';
@@ -194,15 +194,6 @@ export function nextLevel(points: readonly [number, number][], target: number): 
   return Math.min(160, Math.max(1, p![0] + Math.max(-30, Math.min(30, step))));
 }
 
-async function collect(samples: Samples, max: number): Promise<Feeds[]> {
-  const out: Feeds[] = [];
-  for await (const s of samples as AsyncIterable<Feeds>) {
-    out.push(s);
-    if (out.length >= max) break;
-  }
-  return out;
-}
-
 /**
  * Measures the noise gain of the float model (`options.floatModel`, default `sim.model`) at the QuantSim's quantizer positions. With
  * `measureQuantized`, the sim needs encodings for its enabled quantizers.
@@ -236,7 +227,7 @@ export async function measureNoiseGain(
         { tensor: missing[0] },
       );
   }
-  const feeds = await collect(samples, maxSamples);
+  const feeds = await firstSamples(samples, maxSamples);
   if (feeds.length === 0) throw new QnnxError('E_DATA', 'no samples for the noise-gain analysis');
   const sessionOptions: SessionOptions = { ...options.sessionOptions, graphOptimizationLevel: 'basic' };
 

