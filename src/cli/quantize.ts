@@ -42,6 +42,7 @@ interface QuantizeCliOptions {
   fallback?: string;
   maxFallbacks?: string;
   noiseGain?: boolean;
+  firstConvFloat?: boolean;
   auto?: boolean;
   allowedDrop?: string;
   evalData?: string;
@@ -136,6 +137,10 @@ export function registerQuantize(
     .option('--eval-data <data>', 'with --auto: evaluation inputs (same forms as --calib)')
     .option('--eval-labels <file.npy>', 'with --auto: integer labels, one per output row')
     .option('--no-fold-bn', 'do not fold BatchNormalization before quantizing')
+    .option(
+      '--first-conv-float',
+      'leave Convs that read a graph input with <= 4 channels float (ONNX Runtime CPU: PP-OCR det 0.50 -> 0.39x float latency; slower on Fashion-MNIST)',
+    )
     .option('--json', 'print one JSON object; progress as JSON lines on stderr')
     .action((file: string, opts: QuantizeCliOptions) => run(() => quantizeCommand(file, opts)));
 }
@@ -215,6 +220,7 @@ async function quantizeCommand(file: string, opts: QuantizeCliOptions): Promise<
     exclude: opts.exclude,
     include: opts.include,
     foldBatchNorm: opts.foldBn,
+    ...(opts.firstConvFloat ? { rewrites: { firstConvFloat: true } } : {}),
     calibrationBatch: calibBatch,
     cle: opts.cle,
     biasCorrection: biasCorrectionKind(opts.biasCorrection),

@@ -134,6 +134,19 @@ describe('qnnx quantize: success', () => {
   });
 });
 
+describe('qnnx quantize --first-conv-float', () => {
+  test('the Conv reading the 1-channel image stays float, and the summary says so', () => {
+    const r = quantize([MODEL, '--calib', CALIB, '--samples', '16', '--first-conv-float', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.quantizers.weights, 3);
+    assert.deepEqual(j.skipped, [
+      { node: '/features/features.0/Conv', opType: 'Conv', reason: 'first conv left float (firstConvFloat)' },
+    ]);
+    assert.ok(j.sqnr.outputs.logits > 30, JSON.stringify(j.sqnr));
+  });
+});
+
 describe('qnnx quantize --noise-gain', () => {
   test('reports the gain, the per-quantizer SQNR a 30 dB output needs, and what the quantizers are worth', () => {
     const r = quantize([MODEL, '--calib', CALIB, '--samples', '32', '--noise-gain', '--json']);
