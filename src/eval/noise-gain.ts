@@ -10,7 +10,8 @@
  *   gain (dB) = levelDb − output SQNR.
  *
  * Weights (and constants) are perturbed in TypeScript; activations in the graph, after each tensor's producer:
- * `t + RandomUniformLike(t, ±√3·10^(−L/20)) · sqrt(ReduceMean(t²))`, with the RMS taken over the tensor in each run.
+ * `t + RandomUniformLike(t, ±√3·10^(−L/20)) · sqrt(ReduceMean(t²))`, with the RMS taken over the tensor in each
+ * run.
  * At small noise the output error is linear in the injected errors, so uncorrelated errors of per-tensor SQNR L
  * give an output SQNR of about L − gain (checked by measuring at two levels: `linearityDb`). The per-tensor SQNR a
  * quantizer needs for an output target T is therefore T + gain, and `effectiveDb` (the SQNR of the QuantSim's real
@@ -195,8 +196,8 @@ export function nextLevel(points: readonly [number, number][], target: number): 
 }
 
 /**
- * Measures the noise gain of the float model (`options.floatModel`, default `sim.model`) at the QuantSim's quantizer positions. With
- * `measureQuantized`, the sim needs encodings for its enabled quantizers.
+ * Measures the noise gain of the float model (`options.floatModel`, default `sim.model`) at the QuantSim's
+ * quantizer positions. With `measureQuantized`, the sim needs encodings for its enabled quantizers.
  */
 export async function measureNoiseGain(
   sim: QuantSim,
