@@ -275,9 +275,8 @@ export async function quantizeModel(
   }
   // Scalar affine chains (z = a·t + b) stay float here and are absorbed into the quantization parameters after
   // export, so they cost nothing at run time.
-  const absorbed = ((rw.absorbAffine ?? true) ? absorbableAffineChains(model).nodes : []).map(
-    exactNamePattern,
-  );
+  const chains = (rw.absorbAffine ?? true) ? absorbableAffineChains(model) : undefined;
+  const absorbed = (chains?.nodes ?? []).map(exactNamePattern);
   const stems = (rw.firstConvFloat ? firstConvs(model) : []).map(exactNamePattern);
   const excluded = [...absorbed, ...stems];
   const simOptions: QuantizeOptions = { ...base, exclude: [...(options.exclude ?? []), ...excluded] };
@@ -286,6 +285,13 @@ export async function quantizeModel(
   if ((model.opset('') ?? 0) < requiredOpset(sim)) {
     passes.push(upgradeOpset(model, requiredOpset(sim)));
     sim = buildSim(model, simOptions);
+  }
+  // The chains' outputs get their inputs' grids mapped through the chain (finalizeEncodings), as absorption will
+  // give them: the sim's own export then computes what the written model does.
+  for (const c of chains?.chains ?? []) {
+    const q = sim.quantizers.get(c.output);
+    if (q && !q.sharedWith && c.A.length === 1 && c.B.length === 1 && c.A[0]! > 0)
+      q.affineOf = { tensor: c.root, a: c.A[0]!, b: c.B[0]! };
   }
   if (sim.quantizers.size === 0 && hasSubgraphs(model)) {
     // A control-flow model whose computation lives in If/Loop/Scan bodies: they stay float (see docs/quantize.md).
@@ -396,7 +402,8 @@ export async function quantizeModel(
     lap('mixedPrecision');
   }
   const exported = exportQdq(sim);
-  if (rw.absorbAffine ?? true) passes.push(absorbAffineIntoQdq(exported.model));
+  if (rw.absorbAffine ?? true)
+    passes.push(absorbAffineIntoQdq(exported.model, { compensated: exported.compensatedConvs }));
   passes.push(eliminateDeadNodes(exported.model));
   const compact = rw.compact ?? 'names';
   if (compact !== 'none') passes.push(compactQdq(exported.model, { shortNames: compact === 'names' }));

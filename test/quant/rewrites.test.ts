@@ -17,7 +17,7 @@ import { Tensor } from '../../src/ir/tensor.js';
 import { DataType } from '../../src/onnx/dtype.js';
 import { correctBiasEmpirical } from '../../src/ptq/bias-correction.js';
 import { exportQdq } from '../../src/quant/export/qdq.js';
-import { buildSim, prepareModel } from '../../src/quant/quantize.js';
+import { buildSim, prepareModel, quantizeModel } from '../../src/quant/quantize.js';
 import { fakeQuantize } from '../../src/quant/quantizer.js';
 import {
   absorbAffineIntoQdq,
@@ -299,6 +299,44 @@ describe('absorbAffineIntoQdq', () => {
     // One rounding fewer than the plain QDQ model: at least as accurate (within noise).
     assert.ok(sqnr(f, c) > 30, `absorbed SQNR ${sqnr(f, c)}`);
     assert.ok(sqnr(f, c) > sqnr(f, a) - 1, `absorbed ${sqnr(f, c)} dB vs plain ${sqnr(f, a)} dB`);
+  });
+
+  test("quantizeModel: the sim's own export computes what the written (absorbed) model computes", async () => {
+    const build = () => {
+      const m = newModel(13);
+      addInput(m, 'x', ['N', 4, 8, 8]);
+      const b = new GraphBuilder(m.graph);
+      m.graph.addInitializer(f32('w0', [4, 4, 1, 1], 61));
+      m.graph.addInitializer(f32('w', [6, 4, 3, 3], 62));
+      m.graph.addInitializer(f32('bias', [6], 63));
+      const t = b.op('Relu', [convNode(b, 'x', 'w0', undefined, {})]);
+      const z = b.op('Add', [b.op('Mul', [t, b.floats('a', [], [0.7])]), b.floats('c', [], [-0.3])]);
+      addOutput(m, convNode(b, z, 'w', 'bias', { pads: [1, 1, 1, 1] }));
+      return m;
+    };
+    const samples = [1, 2, 3, 4].map((s) => {
+      const f = image([1, 4, 8, 8], s);
+      return { x: { dtype: DataType.FLOAT, dims: [1, 4, 8, 8], data: f.x.data as Float32Array } };
+    });
+    const { model, sim, report } = await quantizeModel(build(), samples, (m) => Session.create(m), {});
+    const absorbed = report.passes.find((p) => p.pass === 'affine-absorb-qdq')!;
+    assert.equal(absorbed.details.chainsAbsorbed, 1);
+    // the chain output's encoding is the chain input's grid mapped through z = 0.7·t − 0.3
+    const chain = absorbableAffineChains(sim.model).chains[0]!;
+    const qz = sim.quantizers.get(chain.output)!;
+    const et = sim.quantizers.get(chain.root)!.encoding!;
+    assert.deepEqual(qz.affineOf, { tensor: chain.root, a: chain.A[0], b: chain.B[0] });
+    assert.equal(qz.encoding!.scale[0], Math.fround(chain.A[0]! * et.scale[0]!));
+    const exported = exportQdq(sim);
+    assert.equal(exported.compensatedConvs.length, 1);
+    // both compute the same values (Q/DQ run as float ops, level 'basic'; with integer kernels the two graphs
+    // may round differently by one output step): the Conv bias carries the zero-point shift correction in both
+    // (absorption does not take it out twice)
+    const basic = { optimization: 'basic' as const };
+    for (const f of [5, 6].map((s) => image([1, 4, 8, 8], s))) {
+      const d = maxDiff(await runOrt(model, f, basic), await runOrt(exported.model, f, basic));
+      assert.ok(d.abs <= 1e-5 * Math.max(1, d.ref), JSON.stringify(d));
+    }
   });
 
   test('a chain whose zero falls outside the input range is left alone', async () => {

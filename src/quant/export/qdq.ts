@@ -14,9 +14,9 @@ import { AttributeType } from '../../onnx/proto.js';
 import type { TensorStorage } from '../../tensor.js';
 import type { Encoding } from '../encoding.js';
 import { normAxis } from '../encoding.js';
-import { quantize } from '../quantizer.js';
+import { fakeQuantize, quantize } from '../quantizer.js';
 import { storageType } from '../scheme.js';
-import type { Quantizer, QuantSim } from '../sim/quantsim.js';
+import { affineEncoding, type Quantizer, type QuantSim } from '../sim/quantsim.js';
 
 /** Opset a QDQ export needs for its types and granularities. */
 export function requiredOpset(sim: QuantSim): number {
@@ -75,6 +75,11 @@ export interface QdqExportResult {
   quantizedTensors: number;
   weightBytesBefore: number;
   weightBytesAfter: number;
+  /**
+   * The Convs of `model` whose int32 bias took out the shift δ of an affine-derived input encoding (pass to
+   * `absorbAffineIntoQdq`, which would otherwise take it out again).
+   */
+  compensatedConvs: Node[];
 }
 
 /** Builds the QDQ model. Disabled quantizers and quantizers without encodings are left out. */
@@ -126,6 +131,7 @@ export function exportQdq(sim: QuantSim): QdqExportResult {
   const rename = new Map<string, string>();
   const outputNames = new Set(g.outputs.map((o) => o.name));
   const newNodes: { after: string | undefined; nodes: Node[] }[] = [];
+  const compensatedConvs: Node[] = [];
 
   for (const q of sim.quantizers.values()) {
     if (!q.enabled || !q.encoding) continue;
@@ -133,10 +139,16 @@ export function exportQdq(sim: QuantSim): QdqExportResult {
     count++;
     if (q.kind === 'weight' || q.kind === 'bias' || q.kind === 'constant') {
       const t = g.initializer(q.tensor)!;
-      const x =
+      let x =
         t.dtype === DataType.FLOAT ? (t.data as Float32Array) : decodeToFloat32(t.dtype, t.data, t.size);
       let values: Int32Array;
       if (q.kind === 'bias') {
+        const shifted = compensatedBias(sim, q, x, sg);
+        if (shifted) {
+          x = shifted.bias;
+          // the exported clone of the Conv: same position, new nodes are appended after this loop
+          compensatedConvs.push(g.nodes[sg.nodes.indexOf(shifted.conv)]!);
+        }
         values = new Int32Array(t.size);
         for (let i = 0; i < t.size; i++) {
           const v = roundHalfEven(Math.fround(x[i] / enc.scale[i]));
@@ -207,7 +219,46 @@ export function exportQdq(sim: QuantSim): QdqExportResult {
   for (const o of g.outputs) used.add(o.name);
   for (const name of [...g.initializers.keys()]) if (!used.has(name)) g.initializers.delete(name);
   g.sort();
-  return { model, quantizedTensors: count, weightBytesBefore, weightBytesAfter };
+  return { model, quantizedTensors: count, weightBytesBefore, weightBytesAfter, compensatedConvs };
+}
+
+/**
+ * The float bias of a Conv whose input quantizer is affine-derived (`affineEncoding`), with the shift δ of that
+ * encoding taken out: bias − δ·ΣŴ per output channel (Ŵ the quantized weights), as `absorbAffineIntoQdq` does
+ * when it absorbs the chain. Exact except at padded borders. Undefined when nothing is to be taken out.
+ */
+function compensatedBias(
+  sim: QuantSim,
+  q: Quantizer,
+  bias: Float32Array,
+  g: Graph,
+): { bias: Float32Array; conv: Node } | undefined {
+  if (!q.biasOf) return undefined;
+  const x = sim.quantizers.get(q.biasOf.input);
+  const w = sim.quantizers.get(q.biasOf.weight);
+  const src = x?.affineOf ? sim.quantizers.get(x.affineOf.tensor) : undefined;
+  if (!x?.enabled || !src?.enabled || !w?.enabled || !w.encoding || !x.encoding) return undefined;
+  const d = affineEncoding(sim, x);
+  if (!d || d.delta === 0) return undefined;
+  // only while the input really is on the derived grid
+  if (x.encoding.scale[0] !== d.encoding.scale[0] || x.encoding.zeroPoint[0] !== d.encoding.zeroPoint[0])
+    return undefined;
+  const conv = g.nodes.find(
+    (n) => n.opType === 'Conv' && n.inputs[0] === x.tensor && n.inputs[2] === q.tensor,
+  );
+  const wt = g.initializer(q.biasOf.weight);
+  if (!conv || !wt || wt.dtype !== DataType.FLOAT) return undefined;
+  const wq = fakeQuantize(wt.data as Float32Array, wt.dims, w.encoding);
+  const O = wt.dims[0]!;
+  if (bias.length !== O) return undefined;
+  const per = wq.length / O;
+  const out = new Float32Array(O);
+  for (let o = 0; o < O; o++) {
+    let sum = 0;
+    for (let k = 0; k < per; k++) sum += wq[o * per + k]!;
+    out[o] = bias[o]! - d.delta * sum;
+  }
+  return { bias: out, conv };
 }
 
 function cloneNode(n: Node): Node {

@@ -114,7 +114,14 @@ export function absorbableAffineChains(
 }
 
 /** Absorbs float scalar affine chains between a DequantizeLinear and a QuantizeLinear (see the file comment). */
-export function absorbAffineIntoQdq(model: Model): PassRecord {
+export function absorbAffineIntoQdq(
+  model: Model,
+  options: {
+    /** Convs whose bias the export already corrected for the shift (`exportQdq`'s `compensatedConvs`). */
+    compensated?: readonly Node[];
+  } = {},
+): PassRecord {
+  const compensated = new Set(options.compensated ?? []);
   const g = model.graph;
   const consts = new Constants(g);
   const b = builder(g);
@@ -186,7 +193,7 @@ export function absorbAffineIntoQdq(model: Model): PassRecord {
       dqz.inputs = [qt, sName, zName];
       for (const c of consumers.get(dqz.outputs[0]!) ?? []) {
         if (c.opType === 'Conv' && c.inputs[0] === dqz.outputs[0]) {
-          const r = adjustConvBias(c, s2, delta);
+          const r = adjustConvBias(c, s2, compensated.has(c) ? 0 : delta);
           if (r === 'adjusted' || r === 'clamped') biasesAdjusted++;
           if (r === 'clamped') biasesClamped++;
           if (r === 'failed' && delta !== 0) uncompensated++;

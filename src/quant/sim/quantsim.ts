@@ -10,10 +10,10 @@ import type { Node } from '../../ir/graph.js';
 import type { Model } from '../../ir/model.js';
 import type { Tensor } from '../../ir/tensor.js';
 import { DataType } from '../../onnx/dtype.js';
-import { decodeToFloat32 } from '../../onnx/formats.js';
+import { decodeToFloat32, roundHalfEven } from '../../onnx/formats.js';
 import { recordElementTypes } from '../../runtime/value-types.js';
 import { type Encoding, encodingFromRange, groupRanges, scaleDimsFor, twoLevelScales } from '../encoding.js';
-import type { Granularity, NumberFormat, QuantScheme } from '../scheme.js';
+import { type Granularity, intRange, type NumberFormat, type QuantScheme } from '../scheme.js';
 import type { SchemeSpec, TargetProfile } from './targets.js';
 
 export type QuantizerKind = 'activation' | 'weight' | 'bias' | 'constant';
@@ -27,6 +27,12 @@ export interface Quantizer {
   sharedWith?: string;
   /** Bias: the activation and weight quantizers whose scales multiply into its scale. */
   biasOf?: { input: string; weight: string };
+  /**
+   * The output z = a·t + b (a > 0) of a scalar affine chain that stays float and is absorbed into the Q/DQ
+   * parameters after export (rewrites/affine-absorb.ts): its encoding is t's grid mapped through the chain
+   * (`affineEncoding`), as the written model will have it.
+   */
+  affineOf?: { tensor: string; a: number; b: number };
   /** Nodes that read the tensor through this quantizer (for messages and sensitivity reports). */
   consumers: string[];
   encoding?: Encoding;
@@ -339,10 +345,14 @@ export class QuantSim {
     q.encoding = enc;
   }
 
-  /** Resolves shared encodings and bias encodings once activations and weights have theirs. */
+  /** Resolves shared, affine-derived and bias encodings once activations and weights have theirs. */
   finalizeEncodings(): void {
     for (const q of this.quantizers.values()) {
       if (q.sharedWith) q.encoding = this.quantizers.get(q.sharedWith)?.encoding;
+    }
+    for (const q of this.quantizers.values()) {
+      const d = q.affineOf ? affineEncoding(this, q) : undefined;
+      if (d) q.encoding = d.encoding;
     }
     const g = this.model.graph;
     for (const q of this.quantizers.values()) {
@@ -375,4 +385,34 @@ export class QuantSim {
   missingEncodings(): string[] {
     return [...this.quantizers.values()].filter((q) => q.enabled && !q.encoding).map((q) => q.tensor);
   }
+}
+
+/**
+ * The encoding of an affine chain's output z = a·t + b on t's grid: scale s' = fround(a·s_t), zero point
+ * round(zp_t − b/s') (the encoding absorption gives the chain's output), and δ = s'·(zp' − round(zp')), the
+ * shift every represented value of z carries (represented − true), which absorption and the QDQ export take out of
+ * the next Convs' biases. Re-quantizing z on this grid gives back t's integer: no second rounding. Undefined when
+ * t has no integer per-tensor encoding of z's width, or the zero point does not fit.
+ */
+export function affineEncoding(
+  sim: QuantSim,
+  q: Quantizer,
+): { encoding: Encoding; delta: number } | undefined {
+  const f = q.affineOf;
+  if (!f || !(f.a > 0) || q.sharedWith) return undefined;
+  const src = sim.quantizers.get(f.tensor);
+  const et = src?.sharedWith ? sim.quantizers.get(src.sharedWith)?.encoding : src?.encoding;
+  const sz = q.scheme;
+  if (et?.scale.length !== 1 || et.scheme.format !== 'int' || sz.format !== 'int') return undefined;
+  if (sz.granularity.kind !== 'tensor' || et.scheme.bits !== sz.bits || et.scheme.signed !== sz.signed)
+    return undefined;
+  const s2 = Math.fround(f.a * et.scale[0]!);
+  const zpExact = et.zeroPoint[0]! - f.b / s2;
+  const zr = roundHalfEven(zpExact);
+  const { qmin, qmax } = intRange(sz.bits, sz.signed, sz.narrow);
+  if (!(s2 > 0) || !Number.isFinite(s2) || zr < qmin || zr > qmax) return undefined;
+  return {
+    encoding: { scheme: sz, scale: Float32Array.of(s2), zeroPoint: Int32Array.of(zr), scaleDims: [] },
+    delta: s2 * (zpExact - zr),
+  };
 }
